@@ -1,0 +1,3 @@
+//! GGUF reader (placeholder; being written).
+mod types;
+pub use types::GgmlType;

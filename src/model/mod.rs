@@ -1,0 +1,1 @@
+//! model (being written).
