@@ -54,7 +54,7 @@ if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DCMAKE_C_FLAGS="$NOAMX" -DCMAKE_CXX_FLAGS="$NOAMX" >/dev/null
 fi
-cmake --build "$BUILD" -j "$JOBS" --target llama-tokenize llama-bench llama-cli
+cmake --build "$BUILD" -j "$JOBS" --target llama-tokenize llama-bench llama-completion llama-quantize
 
 # Our reference dumper (logits / greedy tokens through the llama.cpp C API).
 g++ -O2 -std=c++17 $NOAMX -o "$BUILD/bin/llama-ref" "$HERE/llama-ref/llama-ref.cpp" \

@@ -1,1 +1,2 @@
 //! kernels (being written).
+pub mod attention;

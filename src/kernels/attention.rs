@@ -1,0 +1,1 @@
+//! Attention kernel (owned by the model/kv work; being written).
