@@ -1,1 +1,250 @@
-//! Attention kernel (owned by the model/kv work; being written).
+//! Attention over a run of cached positions, with an online (streaming) softmax.
+//!
+//! The cache hands the kernel its keys and values one contiguous *chunk* of positions at a time
+//! (a RAM block, a block just read from disk, ...). [`AttnState`] carries the running maximum,
+//! the running sum of exponentials and the weighted value accumulator, so chunks may arrive in
+//! any grouping and the result is the same softmax-weighted sum (up to f32 rounding of the merge).
+//! Attention sinks (gpt-oss) enter as one extra logit that has no value row.
+//!
+//! Invariant: `AttnState::finish` divides by a sum that includes at least one term (`exp(0)` of
+//! the maximum) whenever any position or sink was added; with nothing added it writes zeros.
+
+/// Running state of one query head's attention.
+#[derive(Debug, Clone)]
+pub struct AttnState {
+    /// Running maximum of the scaled scores.
+    pub m: f32,
+    /// Running sum of `exp(score - m)`.
+    pub l: f32,
+    /// Running `Σ exp(score - m) · v`, length `head_dim`.
+    pub acc: Vec<f32>,
+}
+
+impl AttnState {
+    /// An empty state for heads of `head_dim`.
+    pub fn new(head_dim: usize) -> Self {
+        AttnState {
+            m: f32::NEG_INFINITY,
+            l: 0.0,
+            acc: vec![0.0; head_dim],
+        }
+    }
+
+    /// Reset to empty without reallocating.
+    pub fn reset(&mut self) {
+        self.m = f32::NEG_INFINITY;
+        self.l = 0.0;
+        self.acc.iter_mut().for_each(|a| *a = 0.0);
+    }
+
+    /// Add a chunk of positions from f32 rows.
+    ///
+    /// `keys`/`values` hold `n` rows; row `i` of the head starts at `i * stride`, and the head's
+    /// slice is `head_dim` long (the caller offsets the slices to the KV head). `scores` is scratch
+    /// of at least `n` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_chunk_f32(
+        &mut self,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        n: usize,
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let d = self.acc.len();
+        assert!(q.len() >= d && scores.len() >= n);
+        if n == 0 {
+            return;
+        }
+        assert!(keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d);
+        let mut cmax = f32::NEG_INFINITY;
+        for i in 0..n {
+            let s = crate::kernels::attention::dot(&q[..d], &keys[i * stride..i * stride + d]) * scale;
+            scores[i] = s;
+            cmax = cmax.max(s);
+        }
+        let new_m = self.m.max(cmax);
+        let corr = if self.m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (self.m - new_m).exp()
+        };
+        if corr != 1.0 {
+            self.l *= corr;
+            self.acc.iter_mut().for_each(|a| *a *= corr);
+        }
+        for i in 0..n {
+            let p = (scores[i] - new_m).exp();
+            self.l += p;
+            axpy(p, &values[i * stride..i * stride + d], &mut self.acc);
+        }
+        self.m = new_m;
+    }
+
+    /// Add a sink logit (a score with no value row), as gpt-oss's learned attention sinks.
+    pub fn add_sink(&mut self, sink: f32) {
+        let new_m = self.m.max(sink);
+        let corr = if self.m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (self.m - new_m).exp()
+        };
+        self.l = self.l * corr + (sink - new_m).exp();
+        self.acc.iter_mut().for_each(|a| *a *= corr);
+        self.m = new_m;
+    }
+
+    /// Merge another state (split-K over chunks computed elsewhere) into this one.
+    pub fn merge(&mut self, other: &AttnState) {
+        if other.m == f32::NEG_INFINITY {
+            return;
+        }
+        let new_m = self.m.max(other.m);
+        let a = if self.m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (self.m - new_m).exp()
+        };
+        let b = (other.m - new_m).exp();
+        self.l = self.l * a + other.l * b;
+        for (x, y) in self.acc.iter_mut().zip(&other.acc) {
+            *x = *x * a + *y * b;
+        }
+        self.m = new_m;
+    }
+
+    /// Write the normalised output (`acc / l`) into `out`.
+    pub fn finish(&self, out: &mut [f32]) {
+        let inv = if self.l > 0.0 { 1.0 / self.l } else { 0.0 };
+        for (o, a) in out.iter_mut().zip(&self.acc) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// f32 dot product with 16 independent accumulators (vectorises without fast-math).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    let mut t = [0.0f32; 8];
+    for j in 0..8 {
+        t[j] = acc[j] + acc[j + 8];
+    }
+    s + ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]))
+}
+
+#[inline]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Reference: softmax attention of one head over `n` rows, computed the plain two-pass way.
+pub fn attend_reference(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n: usize,
+    stride: usize,
+    scale: f32,
+    sink: Option<f32>,
+    out: &mut [f32],
+) {
+    let d = out.len();
+    let s: Vec<f32> = (0..n)
+        .map(|i| {
+            (0..d)
+                .map(|j| q[j] as f64 * keys[i * stride + j] as f64)
+                .sum::<f64>() as f32
+                * scale
+        })
+        .collect();
+    let m = s
+        .iter()
+        .copied()
+        .chain(sink)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut z: f64 = sink.map(|x| ((x - m) as f64).exp()).unwrap_or(0.0);
+    let mut acc = vec![0.0f64; d];
+    for i in 0..n {
+        let p = ((s[i] - m) as f64).exp();
+        z += p;
+        for j in 0..d {
+            acc[j] += p * values[i * stride + j] as f64;
+        }
+    }
+    for j in 0..d {
+        out[j] = if z > 0.0 { (acc[j] / z) as f32 } else { 0.0 };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn chunked_online_softmax_matches_two_pass_reference() {
+        let mut seed = 7u64;
+        for &(n, d, stride, chunk) in &[(1, 64, 64, 1), (5, 64, 192, 2), (130, 64, 128, 64), (77, 32, 40, 13)] {
+            let q: Vec<f32> = (0..d).map(|_| lcg(&mut seed) * 3.0).collect();
+            let k: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 3.0).collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+            for sink in [None, Some(2.5f32)] {
+                let mut want = vec![0.0; d];
+                attend_reference(&q, &k, &v, n, stride, 0.125, sink, &mut want);
+                // Chunks into two states then merged, sink added to the first.
+                let mut a = AttnState::new(d);
+                let mut b = AttnState::new(d);
+                let mut scores = vec![0.0; chunk];
+                if let Some(s) = sink {
+                    a.add_sink(s);
+                }
+                let mut i = 0;
+                let mut flip = false;
+                while i < n {
+                    let c = chunk.min(n - i);
+                    let st = if flip { &mut b } else { &mut a };
+                    st.add_chunk_f32(&q, &k[i * stride..], &v[i * stride..], c, stride, 0.125, &mut scores);
+                    flip = !flip;
+                    i += c;
+                }
+                a.merge(&b);
+                let mut got = vec![0.0; d];
+                a.finish(&mut got);
+                for j in 0..d {
+                    // Outputs are convex combinations of values in [-1, 1]: absolute error bound.
+                    assert!((got[j] - want[j]).abs() < 1e-5, "n={n} j={j} {} vs {}", got[j], want[j]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_state_finishes_to_zero() {
+        let s = AttnState::new(4);
+        let mut out = [1.0; 4];
+        s.finish(&mut out);
+        assert_eq!(out, [0.0; 4]);
+    }
+}

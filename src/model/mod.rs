@@ -1,1 +1,202 @@
-//! model (being written).
+//! Model architectures behind one trait, with weights bound to the mmapped GGUF tensors.
+//!
+//! A [`Model`] computes logits for a batch of consecutive positions; it keeps no per-sequence
+//! state itself: K/V go to the [`KvCache`] passed in. Weights are [`Weight`] handles (type,
+//! shape, file offset) validated when the model is bound, so the forward pass never re-checks
+//! shapes and never copies weights.
+
+pub mod llama;
+
+use crate::gguf::{GgmlType, GgufFile, ModelConfig};
+use crate::kv::{KvCache, KvError, KvGeometry};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every position of the batch.
+    All,
+    /// Only the last position.
+    Last,
+    /// None (pure prefill).
+    None,
+}
+
+/// Errors of model binding and evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file's tensors do not match what the architecture needs.
+    #[error("{path}: {problems}; the file does not match its declared architecture — re-convert or re-download it")]
+    Tensors {
+        /// The model file.
+        path: String,
+        /// Every problem found, joined with "; ".
+        problems: String,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is out of range: the vocabulary has {n_vocab} tokens")]
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// Vocabulary size.
+        n_vocab: usize,
+    },
+    /// The architecture is recognised by the GGUF reader but not implemented here.
+    #[error("architecture '{0}' is not supported for inference yet (supported: llama)")]
+    Unsupported(String),
+    /// GGUF config problem.
+    #[error(transparent)]
+    Config(#[from] crate::gguf::ConfigError),
+    /// GGUF file problem.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// KV cache problem.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// Weight decoding problem.
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
+}
+
+/// A model architecture.
+pub trait Model: Send + Sync {
+    /// The KV geometry for a context of `n_ctx` positions.
+    fn kv_geometry(&self, n_ctx: usize) -> KvGeometry;
+    /// Vocabulary size (length of a logits row).
+    fn n_vocab(&self) -> usize;
+    /// Context length the model was trained for.
+    fn context_length(&self) -> usize;
+    /// Run `tokens` at positions `pos0..pos0+n`, appending their K/V to `kv`, and write the
+    /// logits rows selected by `want` (row-major, `n_vocab` each) into `logits`.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        kv: &mut dyn KvCache,
+        want: LogitsFor,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError>;
+}
+
+/// A 2-D weight matrix in the mmapped file: `rows` rows of `cols` elements (ggml `ne1 × ne0`).
+#[derive(Debug, Clone)]
+pub struct Weight {
+    /// Element type.
+    pub ty: GgmlType,
+    /// Output dimension (ne1).
+    pub rows: usize,
+    /// Input dimension (ne0).
+    pub cols: usize,
+    /// The tensor (None only for placeholders of a failed bind, never used).
+    info: Option<crate::gguf::TensorInfo>,
+    /// Bytes of one row.
+    pub row_bytes: usize,
+}
+
+impl Weight {
+    fn bytes<'f>(&self, f: &'f GgufFile) -> &'f [u8] {
+        match &self.info {
+            Some(t) => f.tensor_bytes(t),
+            None => &[],
+        }
+    }
+
+    /// `y (n × rows) = x (n × cols) · Wᵀ`.
+    pub fn matmul(&self, f: &GgufFile, x: &[f32], n: usize, y: &mut [f32]) {
+        let w = self.bytes(f);
+        if n == 1 {
+            crate::kernels::matvec(self.ty, w, self.rows, self.cols, x, y);
+        } else {
+            crate::kernels::matmat(self.ty, w, self.rows, self.cols, x, n, y);
+        }
+    }
+
+    /// Decode row `r` to f32 (embedding lookup).
+    pub fn row_f32(&self, f: &GgufFile, r: usize, out: &mut [f32]) -> Result<(), crate::quant::QuantError> {
+        let w = self.bytes(f);
+        crate::quant::dequantize_row(self.ty, &w[r * self.row_bytes..(r + 1) * self.row_bytes], out)
+    }
+}
+
+/// Binds tensors by name, checking shape and type, collecting every problem.
+pub(crate) struct Binder<'f> {
+    file: &'f GgufFile,
+    problems: Vec<String>,
+}
+
+impl<'f> Binder<'f> {
+    pub(crate) fn new(file: &'f GgufFile) -> Self {
+        Binder { file, problems: Vec::new() }
+    }
+
+    /// A matrix with `cols` inputs (ne0) and `rows` outputs (ne1).
+    pub(crate) fn matrix(&mut self, name: &str, cols: usize, rows: usize) -> Weight {
+        let dummy = Weight { ty: GgmlType::F32, rows, cols, info: None, row_bytes: 0 };
+        let Some(t) = self.file.tensor(name) else {
+            self.problems.push(format!("missing tensor {name}"));
+            return dummy;
+        };
+        if t.dims.len() != 2 || t.dims[0] != cols as u64 || t.dims[1] != rows as u64 {
+            self.problems.push(format!("tensor {name} has shape {:?}, expected [{cols}, {rows}]", t.dims));
+            return dummy;
+        }
+        if !t.ty.is_supported() {
+            self.problems.push(format!(
+                "tensor {name} has type {} which kvspool cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4)",
+                t.ty
+            ));
+            return dummy;
+        }
+        Weight { ty: t.ty, rows, cols, row_bytes: t.row_bytes() as usize, info: Some(t.clone()) }
+    }
+
+    /// A 1-D tensor of `n` values, decoded to f32 once (norm weights, biases: small).
+    pub(crate) fn vector(&mut self, name: &str, n: usize) -> Vec<f32> {
+        let Some(t) = self.file.tensor(name) else {
+            self.problems.push(format!("missing tensor {name}"));
+            return Vec::new();
+        };
+        if t.dims.len() != 1 || t.dims[0] != n as u64 {
+            self.problems.push(format!("tensor {name} has shape {:?}, expected [{n}]", t.dims));
+            return Vec::new();
+        }
+        let mut out = vec![0.0f32; n];
+        if let Err(e) = crate::quant::dequantize_row(t.ty, self.file.tensor_bytes(t), &mut out) {
+            self.problems.push(format!("tensor {name}: {e}"));
+        }
+        out
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ModelError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::Tensors {
+                path: self.file.path().display().to_string(),
+                problems: self.problems.join("; "),
+            })
+        }
+    }
+}
+
+/// A GGUF file with its parsed configuration and bound model.
+pub struct Loaded {
+    /// The mapped file.
+    pub file: Arc<GgufFile>,
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// The bound model.
+    pub model: Box<dyn Model>,
+}
+
+/// Open, validate and bind a model file.
+pub fn load(path: &Path) -> Result<Loaded, ModelError> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let config = ModelConfig::from_gguf(&file)?;
+    let model: Box<dyn Model> = match &config {
+        ModelConfig::Llama(c) => Box::new(llama::Llama::new(file.clone(), c.clone())?),
+        other => return Err(ModelError::Unsupported(other.arch_name().to_string())),
+    };
+    Ok(Loaded { file, config, model })
+}

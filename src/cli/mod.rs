@@ -1,0 +1,560 @@
+//! Command-line parsing (clap) into validated settings, and output formatting.
+//! The command contract is ../shared/docs/CLI.md; names, flags and JSON fields are stable.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use kvspool::engine::sampler::SamplerParams;
+use kvspool::engine::{generate, GenParams, Session};
+use kvspool::gguf::{GgufFile, ModelConfig};
+use kvspool::kv::RamKv;
+use kvspool::model::{self, LogitsFor, Loaded};
+use kvspool::tokenizer::{ChatMessage, Tokenizer};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "kvspool", version, about = "LLM inference on CPU with an out-of-core KV cache")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt.
+    Run(RunArgs),
+    /// Write the logits of the model over a list of token ids (for reference comparisons).
+    Logits(LogitsArgs),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(TokenizeArgs),
+    /// Print the text of comma-separated token ids.
+    Detokenize(DetokenizeArgs),
+    /// Describe a GGUF file: architecture, hyperparameters, tensors, KV memory.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// GGUF model file [default: the cached SmolLM2-135M-Instruct, see tools/fetch-models.sh].
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CommonKv {
+    /// Maximum context in tokens [default: the model's context_length].
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt text (used as is, no chat formatting).
+    #[arg(long, group = "input")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long, group = "input")]
+    prompt_file: Option<PathBuf>,
+    /// A user message, wrapped in the model's chat template.
+    #[arg(long, group = "input")]
+    chat: Option<String>,
+    /// Maximum tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n: usize,
+    /// Sampling temperature; 0 is greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// Nucleus sampling threshold (1 disables).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 disables).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// RNG seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prompt tokens per forward pass during prefill.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Print timings to stderr at the end.
+    #[arg(long)]
+    stats: bool,
+    /// Print one JSON object on stdout instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    kv: CommonKv,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// JSON array of token ids.
+    #[arg(long)]
+    tokens_file: PathBuf,
+    /// Which positions to write: all, last, or a comma-separated list of indices.
+    #[arg(long, default_value = "all")]
+    positions: String,
+    /// exact (f32 everywhere) or fast; both use the same kernels in this version.
+    #[arg(long, default_value = "exact", value_parser = ["exact", "fast"])]
+    precision: String,
+    /// Output JSON file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Prompt tokens per forward pass.
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    #[command(flatten)]
+    kv: CommonKv,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text to tokenize.
+    #[arg(long, group = "src", required = true)]
+    text: Option<String>,
+    /// File whose contents to tokenize.
+    #[arg(long, group = "src", required = true)]
+    file: Option<PathBuf>,
+    /// Recognise special tokens (like <|im_start|>) written in the text.
+    #[arg(long)]
+    special: bool,
+}
+
+#[derive(Args)]
+struct DetokenizeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Comma-separated token ids, e.g. "1,2,3".
+    #[arg(long)]
+    ids: String,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// GGUF file.
+    path: PathBuf,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main() -> Result<()> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help / --version print and succeed; usage errors print clap's message (exit 2).
+            e.exit();
+        }
+    };
+    if std::env::var_os("KVSPOOL_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("KVSPOOL_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Logits(a) => logits(a),
+        Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Detokenize(a) => detokenize(a),
+        Cmd::Inspect(a) => inspect(a),
+    }
+}
+
+fn model_path(m: &ModelArg) -> Result<PathBuf> {
+    match &m.model {
+        Some(p) => {
+            if !p.exists() {
+                bail!("model file {} does not exist; check the --model path", p.display());
+            }
+            Ok(p.clone())
+        }
+        None => {
+            let p = kvspool::paths::default_model();
+            if !p.exists() {
+                bail!(
+                    "default model not found at {}; fetch it with tools/fetch-models.sh (or pass --model PATH)",
+                    p.display()
+                );
+            }
+            Ok(p)
+        }
+    }
+}
+
+fn set_threads(n: Option<usize>) -> Result<()> {
+    if let Some(n) = n {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("could not start the thread pool")?;
+    }
+    Ok(())
+}
+
+fn load(m: &ModelArg) -> Result<(Loaded, Tokenizer)> {
+    let path = model_path(m)?;
+    let loaded = model::load(&path)?;
+    let tok = Tokenizer::from_gguf(&loaded.file)?;
+    Ok((loaded, tok))
+}
+
+fn ctx_size(kv: &CommonKv, loaded: &Loaded) -> Result<usize> {
+    let train = loaded.model.context_length();
+    match kv.ctx {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(n) => Ok(n),
+        None => Ok(train),
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    set_threads(a.kv.threads)?;
+    if !(a.temp >= 0.0 && a.temp.is_finite()) {
+        bail!("--temp must be a finite number >= 0, got {}", a.temp);
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", a.top_p);
+    }
+    let (loaded, tok) = load(&a.model)?;
+    let n_ctx = ctx_size(&a.kv, &loaded)?;
+    let prompt_ids = if let Some(c) = &a.chat {
+        let msgs = [ChatMessage::user(c.clone())];
+        let text = tok.chat_template()?.render(&msgs, true)?;
+        tok.encode(&text, true)
+    } else {
+        let text = match (&a.prompt, &a.prompt_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read prompt file {}", f.display()))?,
+            (None, None) => bail!("give a prompt with --prompt TEXT, --prompt-file FILE or --chat TEXT"),
+        };
+        let mut ids = Vec::new();
+        if tok.add_bos() {
+            ids.push(tok.bos_id().context("the model asks for a BOS token but has none")?);
+        }
+        ids.extend(tok.encode(&text, true));
+        ids
+    };
+    let kv = RamKv::new(loaded.model.kv_geometry(n_ctx));
+    let mut session = Session::new(&*loaded.model, Box::new(kv));
+    let params = GenParams {
+        max_tokens: a.n,
+        sampler: SamplerParams { temp: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        prefill_chunk: a.batch,
+    };
+    let bar = if !a.json && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(prompt_ids.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("prefill {bar:40} {pos}/{len} tokens {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut progress = |done: usize, _total: usize| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    };
+    let stdout = std::io::stdout();
+    let json = a.json;
+    let mut cleared = false;
+    let mut on_text = |s: &str| {
+        if !cleared {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            cleared = true;
+        }
+        if !json {
+            let mut o = stdout.lock();
+            let _ = o.write_all(s.as_bytes());
+            let _ = o.flush();
+        }
+    };
+    let g = generate(&mut session, &tok, &prompt_ids, &params, &mut progress, &mut on_text)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let t = &g.timings;
+        let v = json!({
+            "prompt_tokens": g.prompt_tokens,
+            "tokens": g.tokens,
+            "text": g.text,
+            "stop_reason": g.stop_reason.as_str(),
+            "timings": {"prefill_s": t.prefill_s, "prefill_tok_s": t.prefill_tok_s,
+                        "decode_s": t.decode_s, "decode_tok_s": t.decode_tok_s},
+            "kv": {"dtype": "f32", "ram_budget_bytes": null, "ram_peak_bytes": session_kv_bytes(&session),
+                   "disk_bytes": 0, "blocks_read": 0, "hits": 0, "prefetch_hits": 0, "late": 0,
+                   "misses": 0, "hit_rate": null, "stall_s": 0.0, "bytes_read": 0},
+        });
+        println!("{v}");
+    } else {
+        println!();
+    }
+    if a.stats {
+        let t = &g.timings;
+        eprintln!(
+            "prompt {} tokens in {:.2}s ({:.1} tok/s); generated {} tokens in {:.2}s ({:.1} tok/s); stop: {}",
+            g.prompt_tokens.len(),
+            t.prefill_s,
+            t.prefill_tok_s,
+            g.tokens.len(),
+            t.decode_s,
+            t.decode_tok_s,
+            g.stop_reason.as_str()
+        );
+    }
+    Ok(())
+}
+
+fn session_kv_bytes(s: &Session<'_>) -> usize {
+    let g = s.kv().geometry();
+    s.pos() * g.row_len() * 2 * 4 * g.n_layer
+}
+
+fn parse_ids(s: &str, what: &str) -> Result<Vec<u32>> {
+    s.split(|c: char| c == ',' || c.is_whitespace() || c == '[' || c == ']')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("{what}: '{t}' is not a token id (expected non-negative integers)"))
+        })
+        .collect()
+}
+
+fn logits(a: LogitsArgs) -> Result<()> {
+    set_threads(a.kv.threads)?;
+    let text = std::fs::read_to_string(&a.tokens_file)
+        .with_context(|| format!("cannot read --tokens-file {}", a.tokens_file.display()))?;
+    let ids: Vec<u32> = serde_json::from_str(&text).with_context(|| {
+        format!("{}: expected a JSON array of token ids", a.tokens_file.display())
+    })?;
+    if ids.is_empty() {
+        bail!("{}: the token list is empty", a.tokens_file.display());
+    }
+    let path = model_path(&a.model)?;
+    let loaded = model::load(&path)?;
+    let n_vocab = loaded.model.n_vocab();
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
+        bail!("{}: token id {bad} is out of range (vocabulary has {n_vocab})", a.tokens_file.display());
+    }
+    let positions: Vec<usize> = match a.positions.as_str() {
+        "all" => (0..ids.len()).collect(),
+        "last" => vec![ids.len() - 1],
+        s => parse_ids(s, "--positions")?.into_iter().map(|p| p as usize).collect(),
+    };
+    if let Some(p) = positions.iter().find(|&&p| p >= ids.len()) {
+        bail!("--positions: {p} is beyond the {} tokens given", ids.len());
+    }
+    let n_ctx = ctx_size(&a.kv, &loaded)?.max(ids.len());
+    let kv = RamKv::new(loaded.model.kv_geometry(n_ctx));
+    let mut session = Session::new(&*loaded.model, Box::new(kv));
+    let all = session.prefill(&ids, a.batch, LogitsFor::All, &mut |_, _| {})?;
+    let rows: Vec<&[f32]> = positions.iter().map(|&p| &all[p * n_vocab..(p + 1) * n_vocab]).collect();
+    let v = json!({"n_vocab": n_vocab, "positions": positions, "logits": rows});
+    write_atomic(&a.out, v.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// Write a file via a temporary sibling and rename, so a failure leaves nothing half-written.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("--out must name a file")?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let path = model_path(&a.model)?;
+    let file = GgufFile::open(&path)?;
+    let tok = Tokenizer::from_gguf(&file)?;
+    let text = match (&a.text, &a.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read --file {}", f.display()))?,
+        (None, None) => bail!("give --text TEXT or --file FILE"),
+    };
+    let ids = tok.encode(&text, a.special);
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn detokenize(a: DetokenizeArgs) -> Result<()> {
+    let path = model_path(&a.model)?;
+    let file = GgufFile::open(&path)?;
+    let tok = Tokenizer::from_gguf(&file)?;
+    let ids = parse_ids(&a.ids, "--ids")?;
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.n_vocab()) {
+        bail!("--ids: token id {bad} is out of range (vocabulary has {})", tok.n_vocab());
+    }
+    let bytes = tok.decode(&ids);
+    let mut o = std::io::stdout().lock();
+    o.write_all(&bytes)?;
+    o.write_all(b"\n")?;
+    Ok(())
+}
+
+fn human(b: f64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b;
+    let mut i = 0;
+    while x >= 1024.0 && i + 1 < U.len() {
+        x /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b:.0} B")
+    } else {
+        format!("{x:.2} {}", U[i])
+    }
+}
+
+fn rope_json(r: &kvspool::gguf::RopeScaling) -> serde_json::Value {
+    use kvspool::gguf::RopeScaling;
+    match r {
+        RopeScaling::None => json!("none"),
+        RopeScaling::Linear { factor } => json!({"type": "linear", "factor": factor}),
+        RopeScaling::Yarn { factor, original_context_length, beta_fast, beta_slow, attn_factor } => json!({
+            "type": "yarn", "factor": factor, "original_context_length": original_context_length,
+            "beta_fast": beta_fast, "beta_slow": beta_slow, "attn_factor": attn_factor}),
+    }
+}
+
+/// Hyperparameters as an ordered JSON object (field names follow the config structs).
+fn config_summary(cfg: &ModelConfig) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        m.insert(k.to_string(), v);
+    };
+    match cfg {
+        ModelConfig::Llama(c) => {
+            put("n_vocab", json!(c.n_vocab));
+            put("context_length", json!(c.context_length));
+            put("n_embd", json!(c.n_embd));
+            put("n_layer", json!(c.n_layer));
+            put("n_head", json!(c.n_head));
+            put("n_head_kv", json!(c.n_head_kv));
+            put("head_dim", json!(c.head_dim));
+            put("n_ff", json!(c.n_ff));
+            put("rms_eps", json!(c.rms_eps));
+            put("rope_freq_base", json!(c.rope_freq_base));
+            put("rope_dim", json!(c.rope_dim));
+            put("rope_scaling", rope_json(&c.rope_scaling));
+        }
+        ModelConfig::GptOss(c) => {
+            put("n_vocab", json!(c.n_vocab));
+            put("context_length", json!(c.context_length));
+            put("n_embd", json!(c.n_embd));
+            put("n_layer", json!(c.n_layer));
+            put("n_head", json!(c.n_head));
+            put("n_head_kv", json!(c.n_head_kv));
+            put("head_dim", json!(c.head_dim));
+            put("n_expert", json!(c.n_expert));
+            put("n_expert_used", json!(c.n_expert_used));
+            put("n_ff_exp", json!(c.n_ff_exp));
+            put("sliding_window", json!(c.sliding_window));
+            put("swa_pattern", json!(c.swa_pattern));
+            put("rms_eps", json!(c.rms_eps));
+            put("rope_freq_base", json!(c.rope_freq_base));
+            put("rope_dim", json!(c.rope_dim));
+            put("rope_scaling", rope_json(&c.rope_scaling));
+            put("attention_scale", json!(c.attention_scale));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    if !a.path.exists() {
+        bail!("{} does not exist; check the path", a.path.display());
+    }
+    let file = GgufFile::open(&a.path)?;
+    let cfg = ModelConfig::from_gguf(&file)?;
+    let mut by_type: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for t in file.tensors() {
+        let e = by_type.entry(t.ty.name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    let total: u64 = by_type.values().map(|v| v.1).sum();
+    let full = cfg.full_attention_layers();
+    let ctxs = [4096usize, 32768, 131072];
+    let per_tok_f16 = cfg.kv_bytes_per_token(2.0);
+    let per_tok_fp8 = cfg.kv_bytes_per_token(1.0);
+    let name = file.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    if a.json {
+        let v = json!({
+            "path": a.path.display().to_string(),
+            "file_bytes": file.file_size(),
+            "gguf_version": file.version(),
+            "architecture": cfg.arch_name(),
+            "name": name,
+            "config": config_summary(&cfg),
+            "n_tensors": file.tensors().len(),
+            "tensor_bytes": total,
+            "bytes_by_type": by_type.iter().map(|(k, v)| (k.clone(), json!({"tensors": v.0, "bytes": v.1}))).collect::<serde_json::Map<_, _>>(),
+            "kv": {
+                "full_attention_layers": full,
+                "bytes_per_token": {"f16": per_tok_f16, "fp8": per_tok_fp8},
+                "bytes_at": ctxs.iter().map(|&c| json!({"ctx": c, "f16": per_tok_f16 * c as f64, "fp8": per_tok_fp8 * c as f64})).collect::<Vec<_>>(),
+            }
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("file:          {} ({}, GGUF v{})", a.path.display(), human(file.file_size() as f64), file.version());
+    println!("architecture:  {}{}", cfg.arch_name(), if name.is_empty() { String::new() } else { format!(" ({name})") });
+    println!("hyperparameters:");
+    if let serde_json::Value::Object(m) = config_summary(&cfg) {
+        for (k, v) in m {
+            println!("  {k:<24} {v}");
+        }
+    }
+    println!("tensors:       {} ({})", file.tensors().len(), human(total as f64));
+    for (k, (n, b)) in &by_type {
+        println!("  {k:<8} {n:>5} tensors  {:>12}  {:5.1}%", human(*b as f64), 100.0 * *b as f64 / total.max(1) as f64);
+    }
+    println!(
+        "KV cache:      {} full-attention layers of {} ({} KV heads x {} dims)",
+        full.len(),
+        cfg.n_layer(),
+        cfg.n_head_kv(),
+        cfg.head_dim()
+    );
+    println!("  per token      f16 {:>12}   fp8 {:>12}", human(per_tok_f16), human(per_tok_fp8));
+    for c in ctxs {
+        println!(
+            "  at {:>7} tok f16 {:>12}   fp8 {:>12}",
+            c,
+            human(per_tok_f16 * c as f64),
+            human(per_tok_fp8 * c as f64)
+        );
+    }
+    Ok(())
+}

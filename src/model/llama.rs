@@ -1,0 +1,192 @@
+//! The llama architecture (SmolLM2, Llama 2/3, ...): RMSNorm, grouped-query attention with RoPE
+//! (ggml "normal" pairing: the GGUF converter permutes Q/K rows for it), SwiGLU MLP, tied or
+//! untied output projection.
+//!
+//! Weights are bound once to the mmapped tensors (shape and type checked at bind time, every
+//! problem collected into one error) and read in place; nothing is copied or dequantized ahead.
+
+use super::{LogitsFor, Model, ModelError, Weight};
+use crate::gguf::{GgufFile, LlamaConfig};
+use crate::kernels::{self, RopeMode, RopeParams};
+use crate::kv::{AttnQuery, KvCache, KvGeometry};
+use std::sync::Arc;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+/// A llama-architecture model bound to a GGUF file.
+pub struct Llama {
+    file: Arc<GgufFile>,
+    cfg: LlamaConfig,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    rope: RopeParams,
+}
+
+impl Llama {
+    /// Bind the weights of `file` (already parsed into `cfg`).
+    pub fn new(file: Arc<GgufFile>, cfg: LlamaConfig) -> Result<Llama, ModelError> {
+        let mut b = super::Binder::new(&file);
+        let (e, d, f, v) = (cfg.n_embd, cfg.head_dim, cfg.n_ff, cfg.n_vocab);
+        let tok_embd = b.matrix("token_embd.weight", e, v);
+        let out_norm = b.vector("output_norm.weight", e);
+        let output = if file.tensor("output.weight").is_some() {
+            b.matrix("output.weight", e, v)
+        } else {
+            tok_embd.clone()
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: b.vector(&n("attn_norm"), e),
+                wq: b.matrix(&n("attn_q"), e, cfg.n_head * d),
+                wk: b.matrix(&n("attn_k"), e, cfg.n_head_kv * d),
+                wv: b.matrix(&n("attn_v"), e, cfg.n_head_kv * d),
+                wo: b.matrix(&n("attn_output"), cfg.n_head * d, e),
+                ffn_norm: b.vector(&n("ffn_norm"), e),
+                w_gate: b.matrix(&n("ffn_gate"), e, f),
+                w_up: b.matrix(&n("ffn_up"), e, f),
+                w_down: b.matrix(&n("ffn_down"), f, e),
+            });
+        }
+        b.finish()?;
+        if let crate::gguf::RopeScaling::Linear { .. } = cfg.rope_scaling {
+            return Err(ModelError::Unsupported(
+                "llama with linear RoPE scaling (rope.scaling.type = linear)".into(),
+            ));
+        }
+        let rope = RopeParams {
+            n_dims: cfg.rope_dim,
+            freq_base: cfg.rope_freq_base,
+            mode: RopeMode::Normal,
+            yarn: None,
+        };
+        Ok(Llama { file, cfg, tok_embd, layers, out_norm, output, rope })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+}
+
+impl Model for Llama {
+    fn kv_geometry(&self, n_ctx: usize) -> KvGeometry {
+        KvGeometry {
+            n_layer: self.cfg.n_layer,
+            n_head_kv: self.cfg.n_head_kv,
+            head_dim: self.cfg.head_dim,
+            n_ctx,
+        }
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.cfg.n_vocab
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        kv: &mut dyn KvCache,
+        want: LogitsFor,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        if n == 0 {
+            logits.clear();
+            return Ok(());
+        }
+        let (e, d) = (c.n_embd, c.head_dim);
+        let (nq, nkv) = (c.n_head * d, c.n_head_kv * d);
+        let f = &*self.file;
+
+        // Embedding rows.
+        let mut x = vec![0.0f32; n * e];
+        for (t, &tok) in tokens.iter().enumerate() {
+            if tok as usize >= c.n_vocab {
+                return Err(ModelError::TokenOutOfRange { token: tok, n_vocab: c.n_vocab });
+            }
+            self.tok_embd.row_f32(f, tok as usize, &mut x[t * e..(t + 1) * e])?;
+        }
+
+        let mut xn = vec![0.0f32; n * e];
+        let mut q = vec![0.0f32; n * nq];
+        let mut k = vec![0.0f32; n * nkv];
+        let mut v = vec![0.0f32; n * nkv];
+        let mut att = vec![0.0f32; n * nq];
+        let mut tmp = vec![0.0f32; n * e];
+        let mut gate = vec![0.0f32; n * c.n_ff];
+        let mut up = vec![0.0f32; n * c.n_ff];
+        let scale = 1.0 / (d as f32).sqrt();
+
+        for (il, l) in self.layers.iter().enumerate() {
+            for t in 0..n {
+                kernels::rmsnorm(&x[t * e..(t + 1) * e], &l.attn_norm, c.rms_eps, &mut xn[t * e..(t + 1) * e]);
+            }
+            l.wq.matmul(f, &xn, n, &mut q);
+            l.wk.matmul(f, &xn, n, &mut k);
+            l.wv.matmul(f, &xn, n, &mut v);
+            for t in 0..n {
+                kernels::rope_inplace(&self.rope, &mut q[t * nq..(t + 1) * nq], d, pos0 + t);
+                kernels::rope_inplace(&self.rope, &mut k[t * nkv..(t + 1) * nkv], d, pos0 + t);
+                kv.append(il, &k[t * nkv..(t + 1) * nkv], &v[t * nkv..(t + 1) * nkv])?;
+            }
+            let qy = AttnQuery {
+                q: &q,
+                n_tokens: n,
+                pos0,
+                n_head: c.n_head,
+                scale,
+                sinks: None,
+                window: None,
+            };
+            kv.attend(il, &qy, &mut att)?;
+            l.wo.matmul(f, &att, n, &mut tmp);
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+
+            for t in 0..n {
+                kernels::rmsnorm(&x[t * e..(t + 1) * e], &l.ffn_norm, c.rms_eps, &mut xn[t * e..(t + 1) * e]);
+            }
+            l.w_gate.matmul(f, &xn, n, &mut gate);
+            l.w_up.matmul(f, &xn, n, &mut up);
+            kernels::swiglu_inplace(&mut gate, &up);
+            l.w_down.matmul(f, &gate, n, &mut tmp);
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+        }
+
+        let rows: Vec<usize> = match want {
+            LogitsFor::All => (0..n).collect(),
+            LogitsFor::Last => vec![n - 1],
+            LogitsFor::None => Vec::new(),
+        };
+        let m = rows.len();
+        let mut fin = vec![0.0f32; m * e];
+        for (j, &t) in rows.iter().enumerate() {
+            kernels::rmsnorm(&x[t * e..(t + 1) * e], &self.out_norm, c.rms_eps, &mut fin[j * e..(j + 1) * e]);
+        }
+        logits.clear();
+        logits.resize(m * c.n_vocab, 0.0);
+        if m > 0 {
+            self.output.matmul(f, &fin, m, logits);
+        }
+        Ok(())
+    }
+}
