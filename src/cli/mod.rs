@@ -7,14 +7,18 @@ use kvspool::engine::sampler::SamplerParams;
 use kvspool::engine::{generate, GenParams, Session};
 use kvspool::gguf::{GgufFile, ModelConfig};
 use kvspool::kv::RamKv;
-use kvspool::model::{self, LogitsFor, Loaded};
+use kvspool::model::{self, Loaded, LogitsFor};
 use kvspool::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "kvspool", version, about = "LLM inference on CPU with an out-of-core KV cache")]
+#[command(
+    name = "kvspool",
+    version,
+    about = "LLM inference on CPU with an out-of-core KV cache"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -80,8 +84,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Prompt tokens per forward pass during prefill.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     batch: usize,
+    /// Do not stop at end-of-generation tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print timings to stderr at the end.
     #[arg(long)]
     stats: bool,
@@ -102,7 +109,8 @@ struct LogitsArgs {
     /// Which positions to write: all, last, or a comma-separated list of indices.
     #[arg(long, default_value = "all")]
     positions: String,
-    /// exact (f32 everywhere) or fast; both use the same kernels in this version.
+    /// exact: f32 activations; fast: activations quantized to 8 bits for Q4/Q8 weights, as
+    /// llama.cpp computes.
     #[arg(long, default_value = "exact", value_parser = ["exact", "fast"])]
     precision: String,
     /// Output JSON file.
@@ -175,7 +183,10 @@ fn model_path(m: &ModelArg) -> Result<PathBuf> {
     match &m.model {
         Some(p) => {
             if !p.exists() {
-                bail!("model file {} does not exist; check the --model path", p.display());
+                bail!(
+                    "model file {} does not exist; check the --model path",
+                    p.display()
+                );
             }
             Ok(p.clone())
         }
@@ -240,11 +251,16 @@ fn run(a: RunArgs) -> Result<()> {
             (Some(p), _) => p.clone(),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read prompt file {}", f.display()))?,
-            (None, None) => bail!("give a prompt with --prompt TEXT, --prompt-file FILE or --chat TEXT"),
+            (None, None) => {
+                bail!("give a prompt with --prompt TEXT, --prompt-file FILE or --chat TEXT")
+            }
         };
         let mut ids = Vec::new();
         if tok.add_bos() {
-            ids.push(tok.bos_id().context("the model asks for a BOS token but has none")?);
+            ids.push(
+                tok.bos_id()
+                    .context("the model asks for a BOS token but has none")?,
+            );
         }
         ids.extend(tok.encode(&text, true));
         ids
@@ -253,14 +269,22 @@ fn run(a: RunArgs) -> Result<()> {
     let mut session = Session::new(&*loaded.model, Box::new(kv));
     let params = GenParams {
         max_tokens: a.n,
-        sampler: SamplerParams { temp: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        sampler: SamplerParams {
+            temp: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
         prefill_chunk: a.batch,
+        ignore_eog: a.ignore_eos,
     };
     let bar = if !a.json && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(prompt_ids.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("prefill {bar:40} {pos}/{len} tokens {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "prefill {bar:40} {pos}/{len} tokens {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
@@ -287,7 +311,14 @@ fn run(a: RunArgs) -> Result<()> {
             let _ = o.flush();
         }
     };
-    let g = generate(&mut session, &tok, &prompt_ids, &params, &mut progress, &mut on_text)?;
+    let g = generate(
+        &mut session,
+        &tok,
+        &prompt_ids,
+        &params,
+        &mut progress,
+        &mut on_text,
+    )?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -333,8 +364,9 @@ fn parse_ids(s: &str, what: &str) -> Result<Vec<u32>> {
     s.split(|c: char| c == ',' || c.is_whitespace() || c == '[' || c == ']')
         .filter(|t| !t.is_empty())
         .map(|t| {
-            t.parse::<u32>()
-                .with_context(|| format!("{what}: '{t}' is not a token id (expected non-negative integers)"))
+            t.parse::<u32>().with_context(|| {
+                format!("{what}: '{t}' is not a token id (expected non-negative integers)")
+            })
         })
         .collect()
 }
@@ -344,21 +376,35 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.tokens_file)
         .with_context(|| format!("cannot read --tokens-file {}", a.tokens_file.display()))?;
     let ids: Vec<u32> = serde_json::from_str(&text).with_context(|| {
-        format!("{}: expected a JSON array of token ids", a.tokens_file.display())
+        format!(
+            "{}: expected a JSON array of token ids",
+            a.tokens_file.display()
+        )
     })?;
     if ids.is_empty() {
         bail!("{}: the token list is empty", a.tokens_file.display());
     }
     let path = model_path(&a.model)?;
-    let loaded = model::load(&path)?;
+    let precision = if a.precision == "fast" {
+        model::Precision::Fast
+    } else {
+        model::Precision::Exact
+    };
+    let loaded = model::load_with(&path, precision)?;
     let n_vocab = loaded.model.n_vocab();
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
-        bail!("{}: token id {bad} is out of range (vocabulary has {n_vocab})", a.tokens_file.display());
+        bail!(
+            "{}: token id {bad} is out of range (vocabulary has {n_vocab})",
+            a.tokens_file.display()
+        );
     }
     let positions: Vec<usize> = match a.positions.as_str() {
         "all" => (0..ids.len()).collect(),
         "last" => vec![ids.len() - 1],
-        s => parse_ids(s, "--positions")?.into_iter().map(|p| p as usize).collect(),
+        s => parse_ids(s, "--positions")?
+            .into_iter()
+            .map(|p| p as usize)
+            .collect(),
     };
     if let Some(p) = positions.iter().find(|&&p| p >= ids.len()) {
         bail!("--positions: {p} is beyond the {} tokens given", ids.len());
@@ -367,7 +413,10 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let kv = RamKv::new(loaded.model.kv_geometry(n_ctx));
     let mut session = Session::new(&*loaded.model, Box::new(kv));
     let all = session.prefill(&ids, a.batch, LogitsFor::All, &mut |_, _| {})?;
-    let rows: Vec<&[f32]> = positions.iter().map(|&p| &all[p * n_vocab..(p + 1) * n_vocab]).collect();
+    let rows: Vec<&[f32]> = positions
+        .iter()
+        .map(|&p| &all[p * n_vocab..(p + 1) * n_vocab])
+        .collect();
     let v = json!({"n_vocab": n_vocab, "positions": positions, "logits": rows});
     write_atomic(&a.out, v.to_string().as_bytes())?;
     Ok(())
@@ -375,9 +424,16 @@ fn logits(a: LogitsArgs) -> Result<()> {
 
 /// Write a file via a temporary sibling and rename, so a failure leaves nothing half-written.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().context("--out must name a file")?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -397,7 +453,8 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = Tokenizer::from_gguf(&file)?;
     let text = match (&a.text, &a.file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read --file {}", f.display()))?,
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read --file {}", f.display()))?,
         (None, None) => bail!("give --text TEXT or --file FILE"),
     };
     let ids = tok.encode(&text, a.special);
@@ -411,7 +468,10 @@ fn detokenize(a: DetokenizeArgs) -> Result<()> {
     let tok = Tokenizer::from_gguf(&file)?;
     let ids = parse_ids(&a.ids, "--ids")?;
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.n_vocab()) {
-        bail!("--ids: token id {bad} is out of range (vocabulary has {})", tok.n_vocab());
+        bail!(
+            "--ids: token id {bad} is out of range (vocabulary has {})",
+            tok.n_vocab()
+        );
     }
     let bytes = tok.decode(&ids);
     let mut o = std::io::stdout().lock();
@@ -440,7 +500,13 @@ fn rope_json(r: &kvspool::gguf::RopeScaling) -> serde_json::Value {
     match r {
         RopeScaling::None => json!("none"),
         RopeScaling::Linear { factor } => json!({"type": "linear", "factor": factor}),
-        RopeScaling::Yarn { factor, original_context_length, beta_fast, beta_slow, attn_factor } => json!({
+        RopeScaling::Yarn {
+            factor,
+            original_context_length,
+            beta_fast,
+            beta_slow,
+            attn_factor,
+        } => json!({
             "type": "yarn", "factor": factor, "original_context_length": original_context_length,
             "beta_fast": beta_fast, "beta_slow": beta_slow, "attn_factor": attn_factor}),
     }
@@ -507,7 +573,11 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let ctxs = [4096usize, 32768, 131072];
     let per_tok_f16 = cfg.kv_bytes_per_token(2.0);
     let per_tok_fp8 = cfg.kv_bytes_per_token(1.0);
-    let name = file.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let name = file
+        .get("general.name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     if a.json {
         let v = json!({
             "path": a.path.display().to_string(),
@@ -528,17 +598,38 @@ fn inspect(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("file:          {} ({}, GGUF v{})", a.path.display(), human(file.file_size() as f64), file.version());
-    println!("architecture:  {}{}", cfg.arch_name(), if name.is_empty() { String::new() } else { format!(" ({name})") });
+    println!(
+        "file:          {} ({}, GGUF v{})",
+        a.path.display(),
+        human(file.file_size() as f64),
+        file.version()
+    );
+    println!(
+        "architecture:  {}{}",
+        cfg.arch_name(),
+        if name.is_empty() {
+            String::new()
+        } else {
+            format!(" ({name})")
+        }
+    );
     println!("hyperparameters:");
     if let serde_json::Value::Object(m) = config_summary(&cfg) {
         for (k, v) in m {
             println!("  {k:<24} {v}");
         }
     }
-    println!("tensors:       {} ({})", file.tensors().len(), human(total as f64));
+    println!(
+        "tensors:       {} ({})",
+        file.tensors().len(),
+        human(total as f64)
+    );
     for (k, (n, b)) in &by_type {
-        println!("  {k:<8} {n:>5} tensors  {:>12}  {:5.1}%", human(*b as f64), 100.0 * *b as f64 / total.max(1) as f64);
+        println!(
+            "  {k:<8} {n:>5} tensors  {:>12}  {:5.1}%",
+            human(*b as f64),
+            100.0 * *b as f64 / total.max(1) as f64
+        );
     }
     println!(
         "KV cache:      {} full-attention layers of {} ({} KV heads x {} dims)",
@@ -547,7 +638,11 @@ fn inspect(a: InspectArgs) -> Result<()> {
         cfg.n_head_kv(),
         cfg.head_dim()
     );
-    println!("  per token      f16 {:>12}   fp8 {:>12}", human(per_tok_f16), human(per_tok_fp8));
+    println!(
+        "  per token      f16 {:>12}   fp8 {:>12}",
+        human(per_tok_f16),
+        human(per_tok_fp8)
+    );
     for c in ctxs {
         println!(
             "  at {:>7} tok f16 {:>12}   fp8 {:>12}",

@@ -45,7 +45,12 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     /// A new, empty session.
     pub fn new(model: &'m dyn Model, kv: Box<dyn KvCache + 'm>) -> Self {
-        Session { model, kv, pos: 0, logits: Vec::new() }
+        Session {
+            model,
+            kv,
+            pos: 0,
+            logits: Vec::new(),
+        }
     }
 
     /// Positions processed so far.
@@ -82,7 +87,8 @@ impl<'m> Session<'m> {
                 LogitsFor::Last if last => LogitsFor::Last,
                 _ => LogitsFor::None,
             };
-            self.model.forward(c, self.pos, &mut *self.kv, w, &mut self.logits)?;
+            self.model
+                .forward(c, self.pos, &mut *self.kv, w, &mut self.logits)?;
             self.pos += c.len();
             if w != LogitsFor::None {
                 all.extend_from_slice(&self.logits);
@@ -95,9 +101,18 @@ impl<'m> Session<'m> {
     /// Run one token and return its logits row.
     pub fn step(&mut self, token: u32) -> Result<&[f32], EngineError> {
         if self.pos >= self.n_ctx() {
-            return Err(ModelError::Kv(KvError::ContextFull { n_ctx: self.n_ctx() }).into());
+            return Err(ModelError::Kv(KvError::ContextFull {
+                n_ctx: self.n_ctx(),
+            })
+            .into());
         }
-        self.model.forward(&[token], self.pos, &mut *self.kv, LogitsFor::Last, &mut self.logits)?;
+        self.model.forward(
+            &[token],
+            self.pos,
+            &mut *self.kv,
+            LogitsFor::Last,
+            &mut self.logits,
+        )?;
         self.pos += 1;
         Ok(&self.logits)
     }
@@ -134,6 +149,8 @@ pub struct GenParams {
     pub sampler: SamplerParams,
     /// Prompt tokens per forward pass during prefill.
     pub prefill_chunk: usize,
+    /// Keep generating through end-of-generation tokens (benchmarks).
+    pub ignore_eog: bool,
 }
 
 /// Wall-clock timings.
@@ -178,7 +195,10 @@ pub fn generate(
     }
     let n_ctx = session.n_ctx();
     if session.pos() + prompt.len() > n_ctx {
-        return Err(EngineError::PromptTooLong { prompt: prompt.len(), n_ctx });
+        return Err(EngineError::PromptTooLong {
+            prompt: prompt.len(),
+            n_ctx,
+        });
     }
     let mut sampler = Sampler::new(params.sampler);
     let t0 = Instant::now();
@@ -193,7 +213,7 @@ pub fn generate(
     for i in 0..params.max_tokens {
         let next = sampler.sample(&logits);
         out.push(next);
-        if tok.is_eog(next) {
+        if tok.is_eog(next) && !params.ignore_eog {
             stop = StopReason::Eog;
             break;
         }
@@ -228,7 +248,11 @@ pub fn generate(
             prefill_s,
             prefill_tok_s: prompt.len() as f64 / prefill_s.max(1e-9),
             decode_s,
-            decode_tok_s: if steps > 0 { steps as f64 / decode_s.max(1e-9) } else { 0.0 },
+            decode_tok_s: if steps > 0 {
+                steps as f64 / decode_s.max(1e-9)
+            } else {
+                0.0
+            },
         },
     })
 }

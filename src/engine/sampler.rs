@@ -21,7 +21,12 @@ pub struct SamplerParams {
 
 impl Default for SamplerParams {
     fn default() -> Self {
-        SamplerParams { temp: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
+        SamplerParams {
+            temp: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+        }
     }
 }
 
@@ -47,7 +52,11 @@ pub fn argmax(x: &[f32]) -> u32 {
 impl Sampler {
     /// A sampler; parameters are assumed validated (temp ≥ 0, 0 < top_p ≤ 1).
     pub fn new(p: SamplerParams) -> Self {
-        Sampler { p, rng: ChaCha8Rng::seed_from_u64(p.seed), cand: Vec::new() }
+        Sampler {
+            p,
+            rng: ChaCha8Rng::seed_from_u64(p.seed),
+            cand: Vec::new(),
+        }
     }
 
     /// Draw the next token from a row of logits.
@@ -101,14 +110,22 @@ mod tests {
 
     #[test]
     fn greedy_is_argmax_lowest_index_on_ties() {
-        let mut s = Sampler::new(SamplerParams { temp: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            temp: 0.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0]), 1);
     }
 
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let p = SamplerParams { temp: 1.0, top_k: 5, top_p: 1.0, seed: 42 };
+        let p = SamplerParams {
+            temp: 1.0,
+            top_k: 5,
+            top_p: 1.0,
+            seed: 42,
+        };
         let a: Vec<u32> = {
             let mut s = Sampler::new(p);
             (0..200).map(|_| s.sample(&logits)).collect()
@@ -134,7 +151,12 @@ mod tests {
     fn top_p_keeps_smallest_nucleus() {
         // Probabilities ≈ [0.88, 0.12, ~0...]: top_p 0.5 keeps only the first.
         let logits = [4.0f32, 2.0, -10.0, -10.0];
-        let mut s = Sampler::new(SamplerParams { temp: 1.0, top_k: 0, top_p: 0.5, seed: 1 });
+        let mut s = Sampler::new(SamplerParams {
+            temp: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: 1,
+        });
         for _ in 0..100 {
             assert_eq!(s.sample(&logits), 0);
         }

@@ -61,7 +61,8 @@ impl AttnState {
         assert!(keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d);
         let mut cmax = f32::NEG_INFINITY;
         for i in 0..n {
-            let s = crate::kernels::attention::dot(&q[..d], &keys[i * stride..i * stride + d]) * scale;
+            let s =
+                crate::kernels::attention::dot(&q[..d], &keys[i * stride..i * stride + d]) * scale;
             scores[i] = s;
             cmax = cmax.max(s);
         }
@@ -199,14 +200,21 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
     #[test]
     fn chunked_online_softmax_matches_two_pass_reference() {
         let mut seed = 7u64;
-        for &(n, d, stride, chunk) in &[(1, 64, 64, 1), (5, 64, 192, 2), (130, 64, 128, 64), (77, 32, 40, 13)] {
+        for &(n, d, stride, chunk) in &[
+            (1, 64, 64, 1),
+            (5, 64, 192, 2),
+            (130, 64, 128, 64),
+            (77, 32, 40, 13),
+        ] {
             let q: Vec<f32> = (0..d).map(|_| lcg(&mut seed) * 3.0).collect();
             let k: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 3.0).collect();
             let v: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
@@ -225,7 +233,15 @@ mod tests {
                 while i < n {
                     let c = chunk.min(n - i);
                     let st = if flip { &mut b } else { &mut a };
-                    st.add_chunk_f32(&q, &k[i * stride..], &v[i * stride..], c, stride, 0.125, &mut scores);
+                    st.add_chunk_f32(
+                        &q,
+                        &k[i * stride..],
+                        &v[i * stride..],
+                        c,
+                        stride,
+                        0.125,
+                        &mut scores,
+                    );
                     flip = !flip;
                     i += c;
                 }
@@ -234,7 +250,12 @@ mod tests {
                 a.finish(&mut got);
                 for j in 0..d {
                     // Outputs are convex combinations of values in [-1, 1]: absolute error bound.
-                    assert!((got[j] - want[j]).abs() < 1e-5, "n={n} j={j} {} vs {}", got[j], want[j]);
+                    assert!(
+                        (got[j] - want[j]).abs() < 1e-5,
+                        "n={n} j={j} {} vs {}",
+                        got[j],
+                        want[j]
+                    );
                 }
             }
         }

@@ -39,7 +39,9 @@ impl KvGeometry {
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
     /// The context is full.
-    #[error("context is full: {n_ctx} tokens; pass a larger --ctx (up to the model's context length)")]
+    #[error(
+        "context is full: {n_ctx} tokens; pass a larger --ctx (up to the model's context length)"
+    )]
     ContextFull {
         /// The context size.
         n_ctx: usize,
@@ -82,7 +84,12 @@ pub trait KvCache: Send {
     fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<(), KvError>;
     /// Attention of `query` over the stored positions of `layer`; writes
     /// `n_tokens × n_head × head_dim` outputs to `out`.
-    fn attend(&mut self, layer: usize, query: &AttnQuery<'_>, out: &mut [f32]) -> Result<(), KvError>;
+    fn attend(
+        &mut self,
+        layer: usize,
+        query: &AttnQuery<'_>,
+        out: &mut [f32],
+    ) -> Result<(), KvError>;
     /// Drop every position `>= n` of every layer (used to rewind or reset a sequence).
     fn truncate(&mut self, n: usize);
 }
@@ -117,7 +124,9 @@ impl KvCache for RamKv {
     }
 
     fn len(&self, layer: usize) -> usize {
-        self.k.get(layer).map_or(0, |k| k.len() / self.geo.row_len())
+        self.k
+            .get(layer)
+            .map_or(0, |k| k.len() / self.geo.row_len())
     }
 
     fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<(), KvError> {
@@ -131,7 +140,9 @@ impl KvCache for RamKv {
             )));
         }
         if self.len(layer) >= self.geo.n_ctx {
-            return Err(KvError::ContextFull { n_ctx: self.geo.n_ctx });
+            return Err(KvError::ContextFull {
+                n_ctx: self.geo.n_ctx,
+            });
         }
         self.k[layer].extend_from_slice(k);
         self.v[layer].extend_from_slice(v);
@@ -199,7 +210,12 @@ mod tests {
 
     #[test]
     fn ram_kv_gqa_causal_and_window_match_reference() {
-        let geo = KvGeometry { n_layer: 2, n_head_kv: 2, head_dim: 8, n_ctx: 64 };
+        let geo = KvGeometry {
+            n_layer: 2,
+            n_head_kv: 2,
+            head_dim: 8,
+            n_ctx: 64,
+        };
         let mut kv = RamKv::new(geo.clone());
         let mut seed = 1u32;
         let mut rnd = || {
@@ -210,7 +226,8 @@ mod tests {
         let ks: Vec<f32> = (0..n * 16).map(|_| rnd()).collect();
         let vs: Vec<f32> = (0..n * 16).map(|_| rnd()).collect();
         for t in 0..n {
-            kv.append(1, &ks[t * 16..(t + 1) * 16], &vs[t * 16..(t + 1) * 16]).unwrap();
+            kv.append(1, &ks[t * 16..(t + 1) * 16], &vs[t * 16..(t + 1) * 16])
+                .unwrap();
         }
         assert_eq!(kv.len(1), n);
         assert!(kv.append(2, &ks[..16], &vs[..16]).is_err());
@@ -218,7 +235,15 @@ mod tests {
         let q: Vec<f32> = (0..3 * n_head * 8).map(|_| rnd()).collect();
         for window in [None, Some(4)] {
             let sinks = [0.5f32, -1.0, 2.0, 0.0];
-            let qy = AttnQuery { q: &q, n_tokens: 3, pos0: 7, n_head, scale: 0.3, sinks: Some(&sinks), window };
+            let qy = AttnQuery {
+                q: &q,
+                n_tokens: 3,
+                pos0: 7,
+                n_head,
+                scale: 0.3,
+                sinks: Some(&sinks),
+                window,
+            };
             let mut out = vec![0.0; q.len()];
             kv.attend(1, &qy, &mut out).unwrap();
             for t in 0..3 {
@@ -229,7 +254,16 @@ mod tests {
                     let mut want = vec![0.0; 8];
                     let off = lo * 16 + kvh * 8;
                     let qs = &q[(t * n_head + h) * 8..][..8];
-                    attend_reference(qs, &ks[off..], &vs[off..], p + 1 - lo, 16, 0.3, Some(sinks[h]), &mut want);
+                    attend_reference(
+                        qs,
+                        &ks[off..],
+                        &vs[off..],
+                        p + 1 - lo,
+                        16,
+                        0.3,
+                        Some(sinks[h]),
+                        &mut want,
+                    );
                     let got = &out[(t * n_head + h) * 8..][..8];
                     for j in 0..8 {
                         assert!((got[j] - want[j]).abs() < 1e-5);
@@ -238,7 +272,15 @@ mod tests {
             }
         }
         // Queries beyond what is stored are rejected, not read out of bounds.
-        let qy = AttnQuery { q: &q, n_tokens: 3, pos0: 8, n_head, scale: 0.3, sinks: None, window: None };
+        let qy = AttnQuery {
+            q: &q,
+            n_tokens: 3,
+            pos0: 8,
+            n_head,
+            scale: 0.3,
+            sinks: None,
+            window: None,
+        };
         let mut out = vec![0.0; q.len()];
         assert!(kv.attend(1, &qy, &mut out).is_err());
         kv.truncate(4);

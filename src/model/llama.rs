@@ -5,7 +5,7 @@
 //! Weights are bound once to the mmapped tensors (shape and type checked at bind time, every
 //! problem collected into one error) and read in place; nothing is copied or dequantized ahead.
 
-use super::{LogitsFor, Model, ModelError, Weight};
+use super::{LogitsFor, Model, ModelError, Precision, Weight};
 use crate::gguf::{GgufFile, LlamaConfig};
 use crate::kernels::{self, RopeMode, RopeParams};
 use crate::kv::{AttnQuery, KvCache, KvGeometry};
@@ -32,11 +32,16 @@ pub struct Llama {
     out_norm: Vec<f32>,
     output: Weight,
     rope: RopeParams,
+    precision: Precision,
 }
 
 impl Llama {
     /// Bind the weights of `file` (already parsed into `cfg`).
-    pub fn new(file: Arc<GgufFile>, cfg: LlamaConfig) -> Result<Llama, ModelError> {
+    pub fn new(
+        file: Arc<GgufFile>,
+        cfg: LlamaConfig,
+        precision: Precision,
+    ) -> Result<Llama, ModelError> {
         let mut b = super::Binder::new(&file);
         let (e, d, f, v) = (cfg.n_embd, cfg.head_dim, cfg.n_ff, cfg.n_vocab);
         let tok_embd = b.matrix("token_embd.weight", e, v);
@@ -73,7 +78,16 @@ impl Llama {
             mode: RopeMode::Normal,
             yarn: None,
         };
-        Ok(Llama { file, cfg, tok_embd, layers, out_norm, output, rope })
+        Ok(Llama {
+            file,
+            cfg,
+            tok_embd,
+            layers,
+            out_norm,
+            output,
+            rope,
+            precision,
+        })
     }
 
     /// The configuration.
@@ -122,9 +136,13 @@ impl Model for Llama {
         let mut x = vec![0.0f32; n * e];
         for (t, &tok) in tokens.iter().enumerate() {
             if tok as usize >= c.n_vocab {
-                return Err(ModelError::TokenOutOfRange { token: tok, n_vocab: c.n_vocab });
+                return Err(ModelError::TokenOutOfRange {
+                    token: tok,
+                    n_vocab: c.n_vocab,
+                });
             }
-            self.tok_embd.row_f32(f, tok as usize, &mut x[t * e..(t + 1) * e])?;
+            self.tok_embd
+                .row_f32(f, tok as usize, &mut x[t * e..(t + 1) * e])?;
         }
 
         let mut xn = vec![0.0f32; n * e];
@@ -139,11 +157,16 @@ impl Model for Llama {
 
         for (il, l) in self.layers.iter().enumerate() {
             for t in 0..n {
-                kernels::rmsnorm(&x[t * e..(t + 1) * e], &l.attn_norm, c.rms_eps, &mut xn[t * e..(t + 1) * e]);
+                kernels::rmsnorm(
+                    &x[t * e..(t + 1) * e],
+                    &l.attn_norm,
+                    c.rms_eps,
+                    &mut xn[t * e..(t + 1) * e],
+                );
             }
-            l.wq.matmul(f, &xn, n, &mut q);
-            l.wk.matmul(f, &xn, n, &mut k);
-            l.wv.matmul(f, &xn, n, &mut v);
+            l.wq.matmul(f, self.precision, &xn, n, &mut q);
+            l.wk.matmul(f, self.precision, &xn, n, &mut k);
+            l.wv.matmul(f, self.precision, &xn, n, &mut v);
             for t in 0..n {
                 kernels::rope_inplace(&self.rope, &mut q[t * nq..(t + 1) * nq], d, pos0 + t);
                 kernels::rope_inplace(&self.rope, &mut k[t * nkv..(t + 1) * nkv], d, pos0 + t);
@@ -159,16 +182,21 @@ impl Model for Llama {
                 window: None,
             };
             kv.attend(il, &qy, &mut att)?;
-            l.wo.matmul(f, &att, n, &mut tmp);
+            l.wo.matmul(f, self.precision, &att, n, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
 
             for t in 0..n {
-                kernels::rmsnorm(&x[t * e..(t + 1) * e], &l.ffn_norm, c.rms_eps, &mut xn[t * e..(t + 1) * e]);
+                kernels::rmsnorm(
+                    &x[t * e..(t + 1) * e],
+                    &l.ffn_norm,
+                    c.rms_eps,
+                    &mut xn[t * e..(t + 1) * e],
+                );
             }
-            l.w_gate.matmul(f, &xn, n, &mut gate);
-            l.w_up.matmul(f, &xn, n, &mut up);
+            l.w_gate.matmul(f, self.precision, &xn, n, &mut gate);
+            l.w_up.matmul(f, self.precision, &xn, n, &mut up);
             kernels::swiglu_inplace(&mut gate, &up);
-            l.w_down.matmul(f, &gate, n, &mut tmp);
+            l.w_down.matmul(f, self.precision, &gate, n, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
 
@@ -180,12 +208,17 @@ impl Model for Llama {
         let m = rows.len();
         let mut fin = vec![0.0f32; m * e];
         for (j, &t) in rows.iter().enumerate() {
-            kernels::rmsnorm(&x[t * e..(t + 1) * e], &self.out_norm, c.rms_eps, &mut fin[j * e..(j + 1) * e]);
+            kernels::rmsnorm(
+                &x[t * e..(t + 1) * e],
+                &self.out_norm,
+                c.rms_eps,
+                &mut fin[j * e..(j + 1) * e],
+            );
         }
         logits.clear();
         logits.resize(m * c.n_vocab, 0.0);
         if m > 0 {
-            self.output.matmul(f, &fin, m, logits);
+            self.output.matmul(f, self.precision, &fin, m, logits);
         }
         Ok(())
     }

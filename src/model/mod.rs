@@ -12,6 +12,17 @@ use crate::kv::{KvCache, KvError, KvGeometry};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Arithmetic of the weight products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Weights decoded exactly, activations kept in f32 (the reference).
+    #[default]
+    Exact,
+    /// Activations quantized to 8 bits per 32-block for Q4_0/Q4_1/Q8_0 weights, as llama.cpp does
+    /// (`kernels::q8act`); other types as `Exact`.
+    Fast,
+}
+
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsFor {
@@ -103,9 +114,11 @@ impl Weight {
     }
 
     /// `y (n × rows) = x (n × cols) · Wᵀ`.
-    pub fn matmul(&self, f: &GgufFile, x: &[f32], n: usize, y: &mut [f32]) {
+    pub fn matmul(&self, f: &GgufFile, p: Precision, x: &[f32], n: usize, y: &mut [f32]) {
         let w = self.bytes(f);
-        if n == 1 {
+        if p == Precision::Fast && crate::kernels::q8act::supports(self.ty) {
+            crate::kernels::q8act::matmat_q8(self.ty, w, self.rows, self.cols, x, n, y);
+        } else if n == 1 {
             crate::kernels::matvec(self.ty, w, self.rows, self.cols, x, y);
         } else {
             crate::kernels::matmat(self.ty, w, self.rows, self.cols, x, n, y);
@@ -113,9 +126,18 @@ impl Weight {
     }
 
     /// Decode row `r` to f32 (embedding lookup).
-    pub fn row_f32(&self, f: &GgufFile, r: usize, out: &mut [f32]) -> Result<(), crate::quant::QuantError> {
+    pub fn row_f32(
+        &self,
+        f: &GgufFile,
+        r: usize,
+        out: &mut [f32],
+    ) -> Result<(), crate::quant::QuantError> {
         let w = self.bytes(f);
-        crate::quant::dequantize_row(self.ty, &w[r * self.row_bytes..(r + 1) * self.row_bytes], out)
+        crate::quant::dequantize_row(
+            self.ty,
+            &w[r * self.row_bytes..(r + 1) * self.row_bytes],
+            out,
+        )
     }
 }
 
@@ -127,18 +149,30 @@ pub(crate) struct Binder<'f> {
 
 impl<'f> Binder<'f> {
     pub(crate) fn new(file: &'f GgufFile) -> Self {
-        Binder { file, problems: Vec::new() }
+        Binder {
+            file,
+            problems: Vec::new(),
+        }
     }
 
     /// A matrix with `cols` inputs (ne0) and `rows` outputs (ne1).
     pub(crate) fn matrix(&mut self, name: &str, cols: usize, rows: usize) -> Weight {
-        let dummy = Weight { ty: GgmlType::F32, rows, cols, info: None, row_bytes: 0 };
+        let dummy = Weight {
+            ty: GgmlType::F32,
+            rows,
+            cols,
+            info: None,
+            row_bytes: 0,
+        };
         let Some(t) = self.file.tensor(name) else {
             self.problems.push(format!("missing tensor {name}"));
             return dummy;
         };
         if t.dims.len() != 2 || t.dims[0] != cols as u64 || t.dims[1] != rows as u64 {
-            self.problems.push(format!("tensor {name} has shape {:?}, expected [{cols}, {rows}]", t.dims));
+            self.problems.push(format!(
+                "tensor {name} has shape {:?}, expected [{cols}, {rows}]",
+                t.dims
+            ));
             return dummy;
         }
         if !t.ty.is_supported() {
@@ -148,7 +182,13 @@ impl<'f> Binder<'f> {
             ));
             return dummy;
         }
-        Weight { ty: t.ty, rows, cols, row_bytes: t.row_bytes() as usize, info: Some(t.clone()) }
+        Weight {
+            ty: t.ty,
+            rows,
+            cols,
+            row_bytes: t.row_bytes() as usize,
+            info: Some(t.clone()),
+        }
     }
 
     /// A 1-D tensor of `n` values, decoded to f32 once (norm weights, biases: small).
@@ -158,7 +198,10 @@ impl<'f> Binder<'f> {
             return Vec::new();
         };
         if t.dims.len() != 1 || t.dims[0] != n as u64 {
-            self.problems.push(format!("tensor {name} has shape {:?}, expected [{n}]", t.dims));
+            self.problems.push(format!(
+                "tensor {name} has shape {:?}, expected [{n}]",
+                t.dims
+            ));
             return Vec::new();
         }
         let mut out = vec![0.0f32; n];
@@ -190,13 +233,22 @@ pub struct Loaded {
     pub model: Box<dyn Model>,
 }
 
-/// Open, validate and bind a model file.
+/// Open, validate and bind a model file (exact arithmetic).
 pub fn load(path: &Path) -> Result<Loaded, ModelError> {
+    load_with(path, Precision::Exact)
+}
+
+/// Open, validate and bind a model file with the given arithmetic.
+pub fn load_with(path: &Path, precision: Precision) -> Result<Loaded, ModelError> {
     let file = Arc::new(GgufFile::open(path)?);
     let config = ModelConfig::from_gguf(&file)?;
     let model: Box<dyn Model> = match &config {
-        ModelConfig::Llama(c) => Box::new(llama::Llama::new(file.clone(), c.clone())?),
+        ModelConfig::Llama(c) => Box::new(llama::Llama::new(file.clone(), c.clone(), precision)?),
         other => return Err(ModelError::Unsupported(other.arch_name().to_string())),
     };
-    Ok(Loaded { file, config, model })
+    Ok(Loaded {
+        file,
+        config,
+        model,
+    })
 }
