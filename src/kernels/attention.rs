@@ -157,6 +157,7 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// Reference: softmax attention of one head over `n` rows, computed the plain two-pass way.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_reference(
     q: &[f32],
     keys: &[f32],

@@ -110,7 +110,7 @@ pub fn matmat_q8(
     n: usize,
     y: &mut [f32],
 ) {
-    assert!(supports(ty) && cols % 32 == 0 && x.len() == n * cols && y.len() == n * rows);
+    assert!(supports(ty) && cols.is_multiple_of(32) && x.len() == n * cols && y.len() == n * rows);
     let rb = cols / 32 * ty.type_size();
     assert!(w.len() >= rows * rb);
     let qx: Vec<Vec<Q8Block>> = x

@@ -156,7 +156,7 @@ impl KvCache for RamKv {
         let stored = self.len(layer);
         let bad = layer >= self.geo.n_layer
             || qy.n_head == 0
-            || qy.n_head % n_kv != 0
+            || !qy.n_head.is_multiple_of(n_kv)
             || qy.q.len() != qy.n_tokens * qy.n_head * d
             || out.len() != qy.q.len()
             || qy.pos0 + qy.n_tokens > stored
@@ -248,8 +248,8 @@ mod tests {
             kv.attend(1, &qy, &mut out).unwrap();
             for t in 0..3 {
                 for h in 0..n_head {
-                    let p = 7 + t;
-                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    let p: usize = 7 + t;
+                    let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
                     let kvh = h / 2;
                     let mut want = vec![0.0; 8];
                     let off = lo * 16 + kvh * 8;
