@@ -255,15 +255,8 @@ fn run(a: RunArgs) -> Result<()> {
                 bail!("give a prompt with --prompt TEXT, --prompt-file FILE or --chat TEXT")
             }
         };
-        let mut ids = Vec::new();
-        if tok.add_bos() {
-            ids.push(
-                tok.bos_id()
-                    .context("the model asks for a BOS token but has none")?,
-            );
-        }
-        ids.extend(tok.encode(&text, true));
-        ids
+        // Adds BOS when the vocabulary asks for it; special tokens in the text are recognised.
+        tok.encode(&text, true)
     };
     let kv = RamKv::new(loaded.model.kv_geometry(n_ctx));
     let mut session = Session::new(&*loaded.model, Box::new(kv));
