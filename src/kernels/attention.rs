@@ -61,8 +61,7 @@ impl AttnState {
         assert!(keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d);
         let mut cmax = f32::NEG_INFINITY;
         for i in 0..n {
-            let s =
-                crate::kernels::attention::dot(&q[..d], &keys[i * stride..i * stride + d]) * scale;
+            let s = super::dot_f32(&q[..d], &keys[i * stride..i * stride + d]) * scale;
             scores[i] = s;
             cmax = cmax.max(s);
         }
@@ -79,7 +78,7 @@ impl AttnState {
         for i in 0..n {
             let p = (scores[i] - new_m).exp();
             self.l += p;
-            axpy(p, &values[i * stride..i * stride + d], &mut self.acc);
+            super::axpy(p, &values[i * stride..i * stride + d], &mut self.acc);
         }
         self.m = new_m;
     }
@@ -122,37 +121,6 @@ impl AttnState {
         for (o, a) in out.iter_mut().zip(&self.acc) {
             *o = a * inv;
         }
-    }
-}
-
-/// f32 dot product with 16 independent accumulators (vectorises without fast-math).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..16 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut s = 0.0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    let mut t = [0.0f32; 8];
-    for j in 0..8 {
-        t[j] = acc[j] + acc[j + 8];
-    }
-    s + ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]))
-}
-
-#[inline]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
     }
 }
 

@@ -1,0 +1,98 @@
+//! Element-wise and reduction kernels on f32 vectors: norms, softmax, activations, BLAS-1.
+
+use super::dispatch::{assert_available, simd_level, SimdLevel};
+use super::matmul::at_level;
+use super::scalar;
+
+/// RMS normalisation as ggml's fused `rms_norm` + `mul`:
+/// `out[i] = (x[i] · s) · weight[i]` with `s = 1 / sqrt(mean + eps)`,
+/// `mean = (Σ x[i]² accumulated in f64) / n` rounded to f32, each square rounded to f32 first.
+///
+/// ggml sums the squares sequentially; the SIMD levels sum them in 8 or 16 f64 lanes, which
+/// changes the f64 sum by a few f64 ulps and therefore the f32 `mean` essentially never.
+/// Panics (caller contract) unless `x`, `weight` and `out` have equal lengths. Empty input is a
+/// no-op.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rmsnorm_at(simd_level(), x, weight, eps, out)
+}
+
+/// [`rmsnorm`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn rmsnorm_at(level: SimdLevel, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert_available(level);
+    assert_eq!(
+        x.len(),
+        weight.len(),
+        "rmsnorm: x and weight lengths differ"
+    );
+    assert_eq!(x.len(), out.len(), "rmsnorm: x and out lengths differ");
+    if x.is_empty() {
+        return;
+    }
+    let sum = at_level!(level, sum_squares_f64(x));
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(weight) {
+        *o = xi * scale * wi;
+    }
+}
+
+/// In-place softmax, as ggml's `soft_max` without mask or scale: `e[i] = exp(x[i] − max)`,
+/// `sum` accumulated in f64, then `x[i] = e[i] · (1/sum as f32)`.
+///
+/// An empty slice is left alone; a slice whose maximum is not finite produces NaNs.
+pub fn softmax_inplace(x: &mut [f32]) {
+    if x.is_empty() {
+        return;
+    }
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SiLU as ggml's `ggml_silu_f32`: `x / (1 + exp(−x))`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]` (ggml's `swiglu`). Panics (caller contract) if the
+/// lengths differ.
+pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up lengths differ");
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `Σ a[i]·b[i]` in f32 with SIMD (at least 8 interleaved partial sums at every level).
+/// Panics (caller contract) if the lengths differ.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    dot_f32_at(simd_level(), a, b)
+}
+
+/// [`dot_f32`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn dot_f32_at(level: SimdLevel, a: &[f32], b: &[f32]) -> f32 {
+    assert_available(level);
+    assert_eq!(a.len(), b.len(), "dot_f32: lengths differ");
+    at_level!(level, dot_f32(a, b))
+}
+
+/// `y[i] += a · x[i]`. The scalar level rounds the product and the sum separately; the SIMD
+/// levels use one fused multiply-add per element. Panics (caller contract) if lengths differ.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    axpy_at(simd_level(), a, x, y)
+}
+
+/// [`axpy`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn axpy_at(level: SimdLevel, a: f32, x: &[f32], y: &mut [f32]) {
+    assert_available(level);
+    assert_eq!(x.len(), y.len(), "axpy: lengths differ");
+    at_level!(level, axpy(a, x, y))
+}
