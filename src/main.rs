@@ -9,8 +9,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: what, where, what to do (the library's messages carry all three).
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            // Causes already quoted by the message above them are not repeated.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("error: {}", msg.replace('\n', " "));
             ExitCode::from(1)
         }
     }

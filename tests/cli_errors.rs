@@ -140,8 +140,15 @@ fn bad_flags_fail_without_panicking() {
     let o = kvspool(&["detokenize", "--model", &m, "--ids", "99999999"], &[]);
     assert_one_line_error(&o, "out of range");
     let o = kvspool(&["run", "--model", &m, "--bogus-flag"], &[]);
-    assert!(!o.status.success());
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+    assert_one_line_error(&o, "unexpected argument '--bogus-flag'");
+    assert_eq!(o.status.code(), Some(2));
+    let o = kvspool(
+        &["run", "--model", &m, "--prompt", "hi", "--temp", "-1"],
+        &[],
+    );
+    assert_one_line_error(&o, "--temp");
+    let o = kvspool(&["tokenize", "--model", &m], &[]);
+    assert_one_line_error(&o, "--text");
 }
 
 #[test]

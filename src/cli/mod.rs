@@ -72,10 +72,10 @@ struct RunArgs {
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n: usize,
     /// Sampling temperature; 0 is greedy (deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temp: f32,
     /// Nucleus sampling threshold (1 disables).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Keep only the k most likely tokens (0 disables).
     #[arg(long, default_value_t = 40)]
@@ -124,14 +124,15 @@ struct LogitsArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("src").required(true).args(["text", "file"])))]
 struct TokenizeArgs {
     #[command(flatten)]
     model: ModelArg,
     /// Text to tokenize.
-    #[arg(long, group = "src", required = true)]
+    #[arg(long)]
     text: Option<String>,
     /// File whose contents to tokenize.
-    #[arg(long, group = "src", required = true)]
+    #[arg(long)]
     file: Option<PathBuf>,
     /// Recognise special tokens (like <|im_start|>) written in the text.
     #[arg(long)]
@@ -160,8 +161,28 @@ pub fn main() -> Result<()> {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            // --help / --version print and succeed; usage errors print clap's message (exit 2).
-            e.exit();
+            use clap::error::ErrorKind;
+            // --help / --version print and succeed.
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                e.exit();
+            }
+            // Usage errors: one line (clap's first line, plus a pointer to --help), exit 2.
+            let text = e.render().to_string();
+            let what: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let what = what.join(" ");
+            let what = what.strip_prefix("error: ").unwrap_or(&what);
+            eprintln!("error: {what}; see 'kvspool --help' or 'kvspool <command> --help'");
+            std::process::exit(2);
         }
     };
     if std::env::var_os("KVSPOOL_LOG").is_some() {
