@@ -532,15 +532,15 @@ fn config_summary(cfg: &ModelConfig) -> serde_json::Value {
     let mut put = |k: &str, v: serde_json::Value| {
         m.insert(k.to_string(), v);
     };
+    put("n_vocab", json!(cfg.n_vocab()));
+    put("context_length", json!(cfg.context_length()));
+    put("n_embd", json!(cfg.n_embd()));
+    put("n_layer", json!(cfg.n_layer()));
+    put("n_head", json!(cfg.n_head()));
+    put("n_head_kv", json!(cfg.n_head_kv()));
+    put("head_dim", json!(cfg.head_dim()));
     match cfg {
         ModelConfig::Llama(c) => {
-            put("n_vocab", json!(c.n_vocab));
-            put("context_length", json!(c.context_length));
-            put("n_embd", json!(c.n_embd));
-            put("n_layer", json!(c.n_layer));
-            put("n_head", json!(c.n_head));
-            put("n_head_kv", json!(c.n_head_kv));
-            put("head_dim", json!(c.head_dim));
             put("n_ff", json!(c.n_ff));
             put("rms_eps", json!(c.rms_eps));
             put("rope_freq_base", json!(c.rope_freq_base));
@@ -548,13 +548,6 @@ fn config_summary(cfg: &ModelConfig) -> serde_json::Value {
             put("rope_scaling", rope_json(&c.rope_scaling));
         }
         ModelConfig::GptOss(c) => {
-            put("n_vocab", json!(c.n_vocab));
-            put("context_length", json!(c.context_length));
-            put("n_embd", json!(c.n_embd));
-            put("n_layer", json!(c.n_layer));
-            put("n_head", json!(c.n_head));
-            put("n_head_kv", json!(c.n_head_kv));
-            put("head_dim", json!(c.head_dim));
             put("n_expert", json!(c.n_expert));
             put("n_expert_used", json!(c.n_expert_used));
             put("n_ff_exp", json!(c.n_ff_exp));

@@ -59,11 +59,12 @@ impl AttnState {
             return;
         }
         assert!(keys.len() >= (n - 1) * stride + d && values.len() >= (n - 1) * stride + d);
+        let scores = &mut scores[..n];
+        super::dots_strided(&q[..d], keys, stride, scores);
         let mut cmax = f32::NEG_INFINITY;
-        for i in 0..n {
-            let s = super::dot_f32(&q[..d], &keys[i * stride..i * stride + d]) * scale;
-            scores[i] = s;
-            cmax = cmax.max(s);
+        for s in scores.iter_mut() {
+            *s *= scale;
+            cmax = cmax.max(*s);
         }
         let new_m = self.m.max(cmax);
         let corr = if self.m == f32::NEG_INFINITY {
@@ -75,11 +76,11 @@ impl AttnState {
             self.l *= corr;
             self.acc.iter_mut().for_each(|a| *a *= corr);
         }
-        for i in 0..n {
-            let p = (scores[i] - new_m).exp();
-            self.l += p;
-            super::axpy(p, &values[i * stride..i * stride + d], &mut self.acc);
+        for s in scores.iter_mut() {
+            *s = (*s - new_m).exp();
+            self.l += *s;
         }
+        super::axpys_strided(scores, values, stride, &mut self.acc);
         self.m = new_m;
     }
 
@@ -227,6 +228,62 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn strided_score_and_value_kernels_match_scalar_at_every_level() {
+        let mut seed = 11u64;
+        for &(d, stride, n) in &[
+            (64usize, 192usize, 37usize),
+            (1, 1, 1),
+            (17, 20, 5),
+            (33, 33, 300),
+            (64, 64, 0),
+        ] {
+            let q: Vec<f32> = (0..d).map(|_| lcg(&mut seed)).collect();
+            let kv: Vec<f32> = (0..n.max(1) * stride).map(|_| lcg(&mut seed)).collect();
+            let p: Vec<f32> = (0..n).map(|_| lcg(&mut seed).abs()).collect();
+            let mut want_s = vec![0.0; n];
+            crate::kernels::scalar::dots_strided(&q, &kv, stride, &mut want_s);
+            let mut want_a = vec![0.5f32; d];
+            crate::kernels::scalar::axpys_strided(&p, &kv, stride, &mut want_a);
+            // Every output is a sum of ≤ d (scores) or ≤ n (values) products of |x| ≤ 1 terms;
+            // SIMD changes only the summation order / fuses rounding: bound 1e-6 · terms.
+            let check = |got_s: &[f32], got_a: &[f32]| {
+                for (g, w) in got_s.iter().zip(&want_s) {
+                    assert!((g - w).abs() <= 1e-6 * d as f32, "scores {g} vs {w}");
+                }
+                for (g, w) in got_a.iter().zip(&want_a) {
+                    assert!(
+                        (g - w).abs() <= 1e-6 * (n as f32 + 1.0),
+                        "values {g} vs {w}"
+                    );
+                }
+            };
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::kernels::SimdLevel;
+                if SimdLevel::Avx2.is_available() {
+                    let mut s2 = vec![0.0; n];
+                    crate::kernels::avx2::checked::dots_strided(&q, &kv, stride, &mut s2);
+                    let mut a2 = vec![0.5f32; d];
+                    crate::kernels::avx2::checked::axpys_strided(&p, &kv, stride, &mut a2);
+                    check(&s2, &a2);
+                }
+                if SimdLevel::Avx512.is_available() {
+                    let mut s5 = vec![0.0; n];
+                    crate::kernels::avx512::checked::dots_strided(&q, &kv, stride, &mut s5);
+                    let mut a5 = vec![0.5f32; d];
+                    crate::kernels::avx512::checked::axpys_strided(&p, &kv, stride, &mut a5);
+                    check(&s5, &a5);
+                }
+            }
+            let mut sd = vec![0.0; n];
+            crate::kernels::dots_strided(&q, &kv, stride, &mut sd);
+            let mut ad = vec![0.5f32; d];
+            crate::kernels::axpys_strided(&p, &kv, stride, &mut ad);
+            check(&sd, &ad);
         }
     }
 

@@ -73,6 +73,7 @@ mod scalar;
 pub use dispatch::{resolve_level, simd_level, SimdLevel, SIMD_ENV};
 pub use matmul::{dequant_row_at, dot_row, dot_row_at, matmat, matmat_at, matvec, matvec_at};
 pub use ops::{
-    axpy, axpy_at, dot_f32, dot_f32_at, rmsnorm, rmsnorm_at, silu, softmax_inplace, swiglu_inplace,
+    axpy, axpy_at, axpys_strided, dot_f32, dot_f32_at, dots_strided, rmsnorm, rmsnorm_at, silu,
+    softmax_inplace, swiglu_inplace,
 };
 pub use rope::{rope_inplace, RopeCache, RopeMode, RopeParams, YarnParams, YarnRounding};

@@ -154,6 +154,9 @@ impl Model for Llama {
         let mut gate = vec![0.0f32; n * c.n_ff];
         let mut up = vec![0.0f32; n * c.n_ff];
         let scale = 1.0 / (d as f32).sqrt();
+        // One token with exact arithmetic: run the products that share an input in one
+        // parallel region (bit-identical to separate mat-vecs).
+        let fuse = n == 1 && self.precision == Precision::Exact;
 
         for (il, l) in self.layers.iter().enumerate() {
             for t in 0..n {
@@ -164,9 +167,17 @@ impl Model for Llama {
                     &mut xn[t * e..(t + 1) * e],
                 );
             }
-            l.wq.matmul(f, self.precision, &xn, n, &mut q);
-            l.wk.matmul(f, self.precision, &xn, n, &mut k);
-            l.wv.matmul(f, self.precision, &xn, n, &mut v);
+            if fuse {
+                super::matvec_fused(
+                    f,
+                    &xn,
+                    vec![(&l.wq, &mut q), (&l.wk, &mut k), (&l.wv, &mut v)],
+                );
+            } else {
+                l.wq.matmul(f, self.precision, &xn, n, &mut q);
+                l.wk.matmul(f, self.precision, &xn, n, &mut k);
+                l.wv.matmul(f, self.precision, &xn, n, &mut v);
+            }
             for t in 0..n {
                 kernels::rope_inplace(&self.rope, &mut q[t * nq..(t + 1) * nq], d, pos0 + t);
                 kernels::rope_inplace(&self.rope, &mut k[t * nkv..(t + 1) * nkv], d, pos0 + t);
@@ -193,8 +204,12 @@ impl Model for Llama {
                     &mut xn[t * e..(t + 1) * e],
                 );
             }
-            l.w_gate.matmul(f, self.precision, &xn, n, &mut gate);
-            l.w_up.matmul(f, self.precision, &xn, n, &mut up);
+            if fuse {
+                super::matvec_fused(f, &xn, vec![(&l.w_gate, &mut gate), (&l.w_up, &mut up)]);
+            } else {
+                l.w_gate.matmul(f, self.precision, &xn, n, &mut gate);
+                l.w_up.matmul(f, self.precision, &xn, n, &mut up);
+            }
             kernels::swiglu_inplace(&mut gate, &up);
             l.w_down.matmul(f, self.precision, &gate, n, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);

@@ -141,6 +141,34 @@ impl Weight {
     }
 }
 
+/// Several mat-vecs of one input vector `x` (decode, one token) in a single parallel region:
+/// `y_j = W_j · x` for each job. Same bits as [`Weight::matmul`] with `n = 1` and exact
+/// precision (each output is one `kernels::dot_row`); fusing saves the wake-up and join of a
+/// parallel region per matrix, which dominates at small model sizes.
+pub fn matvec_fused(f: &GgufFile, x: &[f32], jobs: Vec<(&Weight, &mut [f32])>) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads().max(1);
+    let total: usize = jobs.iter().map(|(w, _)| w.rows).sum();
+    let chunk = total.div_ceil(threads * 4).max(16);
+    let mut tasks: Vec<(&Weight, usize, &mut [f32])> = Vec::new();
+    for (w, y) in jobs {
+        assert!(
+            y.len() == w.rows && x.len() == w.cols,
+            "matvec_fused: shape mismatch"
+        );
+        for (ci, yc) in y.chunks_mut(chunk).enumerate() {
+            tasks.push((w, ci * chunk, yc));
+        }
+    }
+    tasks.into_par_iter().for_each(|(w, r0, yc)| {
+        let bytes = w.bytes(f);
+        for (i, o) in yc.iter_mut().enumerate() {
+            let r = r0 + i;
+            *o = crate::kernels::dot_row(w.ty, &bytes[r * w.row_bytes..(r + 1) * w.row_bytes], x);
+        }
+    });
+}
+
 /// Binds tensors by name, checking shape and type, collecting every problem.
 pub(crate) struct Binder<'f> {
     file: &'f GgufFile,
