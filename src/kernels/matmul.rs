@@ -145,6 +145,33 @@ pub fn matvec_at(
         .for_each(|(yc, wc)| at_level!(level, dot_rows(ty, wc, rb, x, yc)));
 }
 
+/// [`matvec`] on the calling thread only (no rayon), for callers that parallelise over several
+/// matrices themselves. Same bits as [`matvec`] at the process level; same caller contract.
+pub fn matvec_serial(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) {
+    let level = simd_level();
+    let rb = check_matrix(ty, w, rows, cols);
+    assert_eq!(
+        x.len(),
+        cols,
+        "matvec_serial: x has {} elements, expected {cols}",
+        x.len()
+    );
+    assert_eq!(
+        y.len(),
+        rows,
+        "matvec_serial: y has {} elements, expected {rows}",
+        y.len()
+    );
+    if rows == 0 {
+        return;
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    at_level!(level, dot_rows(ty, w, rb, x, y));
+}
+
 thread_local! {
     /// Decoded weight rows of the current mat-mat task.
     static DECODED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };

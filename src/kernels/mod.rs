@@ -71,7 +71,9 @@ mod rope;
 mod scalar;
 
 pub use dispatch::{resolve_level, simd_level, SimdLevel, SIMD_ENV};
-pub use matmul::{dequant_row_at, dot_row, dot_row_at, matmat, matmat_at, matvec, matvec_at};
+pub use matmul::{
+    dequant_row_at, dot_row, dot_row_at, matmat, matmat_at, matvec, matvec_at, matvec_serial,
+};
 pub use ops::{
     axpy, axpy_at, axpys_strided, dot_f32, dot_f32_at, dots_strided, rmsnorm, rmsnorm_at, silu,
     softmax_inplace, swiglu_inplace,

@@ -143,7 +143,7 @@ impl Weight {
 
 /// Several mat-vecs of one input vector `x` (decode, one token) in a single parallel region:
 /// `y_j = W_j · x` for each job. Same bits as [`Weight::matmul`] with `n = 1` and exact
-/// precision (each output is one `kernels::dot_row`); fusing saves the wake-up and join of a
+/// precision (`kernels::matvec_serial` on row chunks); fusing saves the wake-up and join of a
 /// parallel region per matrix, which dominates at small model sizes.
 pub fn matvec_fused(f: &GgufFile, x: &[f32], jobs: Vec<(&Weight, &mut [f32])>) {
     use rayon::prelude::*;
@@ -161,11 +161,8 @@ pub fn matvec_fused(f: &GgufFile, x: &[f32], jobs: Vec<(&Weight, &mut [f32])>) {
         }
     }
     tasks.into_par_iter().for_each(|(w, r0, yc)| {
-        let bytes = w.bytes(f);
-        for (i, o) in yc.iter_mut().enumerate() {
-            let r = r0 + i;
-            *o = crate::kernels::dot_row(w.ty, &bytes[r * w.row_bytes..(r + 1) * w.row_bytes], x);
-        }
+        let bytes = &w.bytes(f)[r0 * w.row_bytes..(r0 + yc.len()) * w.row_bytes];
+        crate::kernels::matvec_serial(w.ty, bytes, yc.len(), w.cols, x, yc);
     });
 }
 
