@@ -12,6 +12,10 @@
 //!   all of which must already be appended;
 //! - results depend only on the stored values, never on where they are stored.
 
+pub mod disk;
+pub mod format;
+pub mod policy;
+
 use crate::kernels::attention::AttnState;
 use rayon::prelude::*;
 
