@@ -15,3 +15,4 @@ pub mod model;
 pub mod paths;
 pub mod quant;
 pub mod tokenizer;
+pub mod units;

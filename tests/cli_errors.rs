@@ -149,6 +149,12 @@ fn bad_flags_fail_without_panicking() {
     assert_one_line_error(&o, "--temp");
     let o = kvspool(&["tokenize", "--model", &m], &[]);
     assert_one_line_error(&o, "--text");
+    let o = kvspool(&["plan", "--model", &m, "--ram", "16G"], &[]);
+    assert_one_line_error(&o, "ambiguous");
+    let o = kvspool(&["plan", "--model", &m, "--ram", "8GiB", "--json"], &[]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["kv_ram_bytes"].as_u64().unwrap() <= v["kv_total_bytes"].as_u64().unwrap());
 }
 
 #[test]

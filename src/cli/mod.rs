@@ -36,6 +36,29 @@ enum Cmd {
     Detokenize(DetokenizeArgs),
     /// Describe a GGUF file: architecture, hyperparameters, tensors, KV memory.
     Inspect(InspectArgs),
+    /// What fits on a machine with the given RAM: weights, KV RAM tier, disk tier, flags.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Context in tokens [default: the model's context_length].
+    #[arg(long)]
+    ctx: Option<u64>,
+    /// RAM of the machine, e.g. 16GiB.
+    #[arg(long)]
+    ram: String,
+    /// KV storage format.
+    #[arg(long, default_value = "fp8", value_parser = ["f32", "f16", "fp8"])]
+    kv_dtype: String,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 64)]
+    block_tokens: u64,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -197,6 +220,7 @@ pub fn main() -> Result<()> {
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Detokenize(a) => detokenize(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Plan(a) => plan(a),
     }
 }
 
@@ -657,6 +681,42 @@ fn inspect(a: InspectArgs) -> Result<()> {
             human(per_tok_f16 * c as f64),
             human(per_tok_fp8 * c as f64)
         );
+    }
+    Ok(())
+}
+
+fn plan(a: PlanArgs) -> Result<()> {
+    let ram = kvspool::units::parse_size(&a.ram).context("--ram")?;
+    if a.block_tokens == 0 {
+        bail!("--block-tokens must be at least 1");
+    }
+    let path = model_path(&a.model)?;
+    let file = GgufFile::open(&path)?;
+    let cfg = ModelConfig::from_gguf(&file)?;
+    let ctx = a.ctx.unwrap_or(cfg.context_length() as u64);
+    if ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    let bpv = match a.kv_dtype.as_str() {
+        "f32" => 4.0,
+        "f16" => 2.0,
+        _ => 1.0,
+    };
+    let input = kvspool::engine::plan::PlanInput {
+        ram_bytes: ram,
+        ctx,
+        kv_bytes_per_value: bpv,
+        block_tokens: a.block_tokens,
+    };
+    let p = kvspool::engine::plan::plan(&file, &cfg, &input);
+    if a.json {
+        let mut v = serde_json::to_value(&p)?;
+        v["flags"] = json!(p.flags(&a.kv_dtype));
+        v["model"] = json!(path.display().to_string());
+        v["kv_dtype"] = json!(a.kv_dtype);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", p.report(&a.kv_dtype));
     }
     Ok(())
 }

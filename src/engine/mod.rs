@@ -7,6 +7,7 @@
 //! Invariant: `Session::pos()` equals the number of positions appended to every layer of the
 //! KV cache; a failed forward leaves the session unusable (the caller gets the error).
 
+pub mod plan;
 pub mod sampler;
 
 use crate::kv::{KvCache, KvError};
