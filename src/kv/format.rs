@@ -1,1 +1,717 @@
-//! (being written for issue 3)
+//! The byte format of one KV block, its codecs, the per-block key bounds, and attention read
+//! directly from encoded blocks (see `docs/kv-format.md`).
+//!
+//! A block holds `block_tokens` positions of K and V for all KV heads of one layer. Layout
+//! (offsets in bytes, `H = n_head_kv`, `T = block_tokens`, `D = head_dim`, `e` = bytes per
+//! element: 4 / 2 / 1 for f32 / f16 / fp8):
+//!
+//! | region   | offset          | size        | order                      |
+//! |----------|-----------------|-------------|----------------------------|
+//! | K values | `0`             | `H·T·D·e`   | `[head][token][channel]`   |
+//! | V values | `H·T·D·e`       | `H·T·D·e`   | `[head][token][channel]`   |
+//! | K scales | `2·H·T·D·e`     | `H·T·4`     | `[head][token]`, f32 LE (fp8 only) |
+//! | V scales | `+ H·T·4`       | `H·T·4`     | `[head][token]`, f32 LE (fp8 only) |
+//! | padding  | end of scales   | to a multiple of [`BLOCK_ALIGN`] | zeros        |
+//!
+//! All multi-byte values are little endian. FP8 is E4M3 with one f32 scale per (token, KV head)
+//! row of K and of V: `value = E4M3(code) · scale`, `scale = max|row| / 448` (1 for an all-zero
+//! row). A token's codes and scales are final when it is appended.
+//!
+//! Invariants: slot `t` of a block is written only by [`encode_token`] and never rewritten while
+//! the block lives; [`KeyBounds`] of a block bound the *decoded* keys of every slot written so
+//! far (so a Quest-style bound `Σ max(q·min, q·max)` bounds the scores attention computes, up to
+//! f32 rounding of the dot product).
+
+use super::KvError;
+use crate::kernels::attention::AttnState;
+use crate::quant::fp8::{e4m3_from_f32, E4M3_TO_F32};
+use crate::quant::{f16_from_f32, f16_to_f32};
+use std::fmt;
+use std::str::FromStr;
+
+/// Blocks are padded to a multiple of this many bytes (O_DIRECT friendly).
+pub const BLOCK_ALIGN: usize = 4096;
+
+/// Largest head dimension the block attention kernels support (row scratch lives on the stack).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Rows decoded at a time by the block attention kernels (a stack tile of `TILE × head_dim`).
+const TILE: usize = 16;
+
+/// Largest finite f16 value; f16 encoding clamps to it instead of producing infinity.
+const F16_MAX: f32 = 65504.0;
+
+/// Element format of the K and V values in a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// IEEE binary32, exact (the reference).
+    F32,
+    /// IEEE binary16, round to nearest even, clamped to ±65504.
+    F16,
+    /// FP8 E4M3 with one f32 scale per (token, KV head) row of K and of V.
+    Fp8,
+}
+
+impl KvDtype {
+    /// Every dtype, in order of decreasing precision.
+    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Fp8];
+
+    /// Bytes per stored K or V element (scales not included).
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+            KvDtype::Fp8 => 1,
+        }
+    }
+
+    /// Whether blocks of this dtype carry per-row scales.
+    pub fn has_scales(self) -> bool {
+        self == KvDtype::Fp8
+    }
+
+    /// The name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Fp8 => "fp8",
+        }
+    }
+}
+
+impl fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown KV dtype name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown KV dtype {0:?}: expected one of f32, f16, fp8")]
+pub struct ParseKvDtypeError(pub String);
+
+impl FromStr for KvDtype {
+    type Err = ParseKvDtypeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            "fp8" => Ok(KvDtype::Fp8),
+            _ => Err(ParseKvDtypeError(s.to_string())),
+        }
+    }
+}
+
+/// Shape of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockGeometry {
+    /// Positions per block.
+    pub block_tokens: usize,
+    /// KV heads per layer.
+    pub n_head_kv: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+}
+
+/// Byte offsets of the regions of a block (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Start of the K values.
+    pub k_values: usize,
+    /// Start of the V values.
+    pub v_values: usize,
+    /// Start of the K scales (fp8), else `None`.
+    pub k_scales: Option<usize>,
+    /// Start of the V scales (fp8), else `None`.
+    pub v_scales: Option<usize>,
+    /// Bytes of K and V values (the "payload").
+    pub payload_bytes: usize,
+    /// Bytes actually used: values plus scales.
+    pub used_bytes: usize,
+    /// Size of the block: `used_bytes` rounded up to [`BLOCK_ALIGN`].
+    pub block_bytes: usize,
+}
+
+impl BlockGeometry {
+    /// Values of K (or V) per position: `n_head_kv × head_dim`.
+    pub fn row_len(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// Check the geometry is usable: nothing zero, `head_dim ≤ MAX_HEAD_DIM`.
+    pub fn validate(&self) -> Result<(), KvError> {
+        if self.block_tokens == 0 || self.n_head_kv == 0 || self.head_dim == 0 {
+            return Err(KvError::Contract(format!("empty block geometry {self:?}")));
+        }
+        if self.head_dim > MAX_HEAD_DIM {
+            return Err(KvError::Contract(format!(
+                "head_dim {} exceeds the supported maximum {MAX_HEAD_DIM}",
+                self.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// The byte layout of a block of this geometry in `dtype`.
+    pub fn layout(&self, dtype: KvDtype) -> BlockLayout {
+        let values = self.n_head_kv * self.block_tokens * self.head_dim * dtype.elem_bytes();
+        let scales = self.n_head_kv * self.block_tokens * 4;
+        let (k_scales, v_scales, used) = if dtype.has_scales() {
+            (
+                Some(2 * values),
+                Some(2 * values + scales),
+                2 * values + 2 * scales,
+            )
+        } else {
+            (None, None, 2 * values)
+        };
+        BlockLayout {
+            k_values: 0,
+            v_values: values,
+            k_scales,
+            v_scales,
+            payload_bytes: 2 * values,
+            used_bytes: used,
+            block_bytes: used.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN,
+        }
+    }
+
+    /// Size in bytes of one block in `dtype` (padded to [`BLOCK_ALIGN`]).
+    pub fn block_bytes(&self, dtype: KvDtype) -> usize {
+        self.layout(dtype).block_bytes
+    }
+
+    /// Byte offset of the value row `(kv_head, t)` of K (`v = false`) or V (`v = true`).
+    #[inline]
+    fn row_offset(&self, dtype: KvDtype, v: bool, kv_head: usize, t: usize) -> usize {
+        let e = dtype.elem_bytes();
+        let region = if v {
+            self.n_head_kv * self.block_tokens * self.head_dim * e
+        } else {
+            0
+        };
+        region + (kv_head * self.block_tokens + t) * self.head_dim * e
+    }
+
+    /// Byte offset of the scale of row `(kv_head, t)` (fp8 only).
+    #[inline]
+    fn scale_offset(&self, v: bool, kv_head: usize, t: usize) -> usize {
+        let values = 2 * self.n_head_kv * self.block_tokens * self.head_dim;
+        let region = if v {
+            values + self.n_head_kv * self.block_tokens * 4
+        } else {
+            values
+        };
+        region + (kv_head * self.block_tokens + t) * 4
+    }
+}
+
+/// Per-channel min and max of the decoded keys of one block, for every KV head.
+///
+/// With no key added, `min = +∞` and `max = −∞` (an empty interval).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyBounds {
+    head_dim: usize,
+    min: Vec<f32>,
+    max: Vec<f32>,
+}
+
+impl KeyBounds {
+    /// Empty bounds for `n_head_kv` heads of `head_dim`.
+    pub fn new(n_head_kv: usize, head_dim: usize) -> Self {
+        KeyBounds {
+            head_dim,
+            min: vec![f32::INFINITY; n_head_kv * head_dim],
+            max: vec![f32::NEG_INFINITY; n_head_kv * head_dim],
+        }
+    }
+
+    /// Back to empty without reallocating.
+    pub fn reset(&mut self) {
+        self.min.iter_mut().for_each(|x| *x = f32::INFINITY);
+        self.max.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+    }
+
+    /// Widen the bounds of `kv_head` to include `key` (`head_dim` values).
+    pub fn update(&mut self, kv_head: usize, key: &[f32]) {
+        let d = self.head_dim;
+        let lo = &mut self.min[kv_head * d..][..d];
+        let hi = &mut self.max[kv_head * d..][..d];
+        for ((l, h), &k) in lo.iter_mut().zip(hi.iter_mut()).zip(key) {
+            *l = l.min(k);
+            *h = h.max(k);
+        }
+    }
+
+    /// Per-channel minimum of `kv_head`.
+    pub fn min(&self, kv_head: usize) -> &[f32] {
+        &self.min[kv_head * self.head_dim..][..self.head_dim]
+    }
+
+    /// Per-channel maximum of `kv_head`.
+    pub fn max(&self, kv_head: usize) -> &[f32] {
+        &self.max[kv_head * self.head_dim..][..self.head_dim]
+    }
+
+    /// Quest-style upper bound of `q · k` over the keys of `kv_head`:
+    /// `Σ_j max(q_j · min_j, q_j · max_j)` (−∞ for empty bounds).
+    pub fn upper_bound_dot(&self, kv_head: usize, q: &[f32]) -> f32 {
+        self.min(kv_head)
+            .iter()
+            .zip(self.max(kv_head))
+            .zip(q)
+            .map(|((&lo, &hi), &qj)| if qj >= 0.0 { qj * hi } else { qj * lo })
+            .sum()
+    }
+}
+
+/// Encode one row of `head_dim` values at `dst`; returns the scale written (fp8) or 1.
+#[inline]
+fn encode_row(dtype: KvDtype, src: &[f32], dst: &mut [u8]) -> f32 {
+    match dtype {
+        KvDtype::F32 => {
+            for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+            1.0
+        }
+        KvDtype::F16 => {
+            for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
+                // NaN passes through (clamp keeps NaN); finite overflow clamps to ±65504.
+                d.copy_from_slice(&f16_from_f32(s.clamp(-F16_MAX, F16_MAX)).to_le_bytes());
+            }
+            1.0
+        }
+        KvDtype::Fp8 => {
+            let amax = src
+                .iter()
+                .filter(|x| x.is_finite())
+                .fold(0.0f32, |m, &x| m.max(x.abs()));
+            let scale = if amax > 0.0 { amax / 448.0 } else { 1.0 };
+            let scale = if scale > 0.0 && scale.is_finite() {
+                scale
+            } else {
+                1.0
+            };
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = e4m3_from_f32(s / scale);
+            }
+            scale
+        }
+    }
+}
+
+/// Decode one unscaled row into `out` (`head_dim` values); returns the row's scale.
+#[inline]
+fn decode_raw(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    v: bool,
+    kv_head: usize,
+    t: usize,
+    out: &mut [f32],
+) -> f32 {
+    let d = geo.head_dim;
+    let off = geo.row_offset(dtype, v, kv_head, t);
+    let src = &block[off..off + d * dtype.elem_bytes()];
+    match dtype {
+        KvDtype::F32 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            1.0
+        }
+        KvDtype::F16 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            }
+            1.0
+        }
+        KvDtype::Fp8 => {
+            for (o, &b) in out.iter_mut().zip(src) {
+                *o = E4M3_TO_F32[b as usize];
+            }
+            let so = geo.scale_offset(v, kv_head, t);
+            f32::from_le_bytes([block[so], block[so + 1], block[so + 2], block[so + 3]])
+        }
+    }
+}
+
+fn check_block(geo: &BlockGeometry, dtype: KvDtype, block: &[u8], t: usize) -> Result<(), KvError> {
+    geo.validate()?;
+    let need = geo.layout(dtype).used_bytes;
+    if block.len() < need || t >= geo.block_tokens {
+        return Err(KvError::Contract(format!(
+            "block of {} bytes, slot {t}: need ≥ {need} bytes and slot < {}",
+            block.len(),
+            geo.block_tokens
+        )));
+    }
+    Ok(())
+}
+
+/// Encode the K and V rows (`n_head_kv × head_dim` f32 each) of one token into slot `t` of
+/// `block`, and widen `bounds` (if given) with the decoded keys.
+pub fn encode_token(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &mut [u8],
+    t: usize,
+    k: &[f32],
+    v: &[f32],
+    bounds: Option<&mut KeyBounds>,
+) -> Result<(), KvError> {
+    check_block(geo, dtype, block, t)?;
+    let row = geo.row_len();
+    if k.len() != row || v.len() != row {
+        return Err(KvError::Contract(format!(
+            "encode_token: rows of {}/{} values, expected {row}",
+            k.len(),
+            v.len()
+        )));
+    }
+    let d = geo.head_dim;
+    let rb = d * dtype.elem_bytes();
+    for h in 0..geo.n_head_kv {
+        for (is_v, src) in [(false, k), (true, v)] {
+            let off = geo.row_offset(dtype, is_v, h, t);
+            let scale = encode_row(dtype, &src[h * d..][..d], &mut block[off..off + rb]);
+            if dtype.has_scales() {
+                let so = geo.scale_offset(is_v, h, t);
+                block[so..so + 4].copy_from_slice(&scale.to_le_bytes());
+            }
+        }
+    }
+    if let Some(b) = bounds {
+        let mut key = [0.0f32; MAX_HEAD_DIM];
+        for h in 0..geo.n_head_kv {
+            decode_k_row(geo, dtype, block, h, t, &mut key[..d]);
+            b.update(h, &key[..d]);
+        }
+    }
+    Ok(())
+}
+
+/// Decoded K row of `(kv_head, t)` (`head_dim` values, scale applied) into `out`.
+pub fn decode_k_row(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    kv_head: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    let s = decode_raw(
+        geo,
+        dtype,
+        block,
+        false,
+        kv_head,
+        t,
+        &mut out[..geo.head_dim],
+    );
+    if s != 1.0 {
+        out[..geo.head_dim].iter_mut().for_each(|x| *x *= s);
+    }
+}
+
+/// Decoded V row of `(kv_head, t)` (`head_dim` values, scale applied) into `out`.
+pub fn decode_v_row(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    kv_head: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    let s = decode_raw(
+        geo,
+        dtype,
+        block,
+        true,
+        kv_head,
+        t,
+        &mut out[..geo.head_dim],
+    );
+    if s != 1.0 {
+        out[..geo.head_dim].iter_mut().for_each(|x| *x *= s);
+    }
+}
+
+/// Decode the first `n` K and V rows of `kv_head` as two `n × head_dim` f32 arrays (tests,
+/// references; attention never makes this copy).
+pub fn decode_head(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    kv_head: usize,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let d = geo.head_dim;
+    let mut k = vec![0.0; n * d];
+    let mut v = vec![0.0; n * d];
+    for t in 0..n {
+        decode_k_row(geo, dtype, block, kv_head, t, &mut k[t * d..][..d]);
+        decode_v_row(geo, dtype, block, kv_head, t, &mut v[t * d..][..d]);
+    }
+    (k, v)
+}
+
+/// One block being filled in RAM: its bytes, fill level and key bounds.
+#[derive(Debug, Clone)]
+pub struct BlockBuf {
+    geo: BlockGeometry,
+    dtype: KvDtype,
+    bytes: Vec<u8>,
+    len: usize,
+    bounds: KeyBounds,
+}
+
+impl BlockBuf {
+    /// An empty, zeroed block.
+    pub fn new(geo: BlockGeometry, dtype: KvDtype) -> Result<Self, KvError> {
+        geo.validate()?;
+        Ok(BlockBuf {
+            bytes: vec![0; geo.block_bytes(dtype)],
+            bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
+            len: 0,
+            geo,
+            dtype,
+        })
+    }
+
+    /// Append the next token's K and V rows (`n_head_kv × head_dim` each).
+    pub fn push(&mut self, k: &[f32], v: &[f32]) -> Result<(), KvError> {
+        if self.is_full() {
+            return Err(KvError::Contract("push to a full block".into()));
+        }
+        encode_token(
+            &self.geo,
+            self.dtype,
+            &mut self.bytes,
+            self.len,
+            k,
+            v,
+            Some(&mut self.bounds),
+        )?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Tokens stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether all `block_tokens` slots are stored.
+    pub fn is_full(&self) -> bool {
+        self.len == self.geo.block_tokens
+    }
+
+    /// The block's bytes (`block_bytes` long, padding zeroed).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The key bounds of the stored tokens.
+    pub fn bounds(&self) -> &KeyBounds {
+        &self.bounds
+    }
+
+    /// Geometry.
+    pub fn geometry(&self) -> &BlockGeometry {
+        &self.geo
+    }
+
+    /// Dtype.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
+    }
+
+    /// Empty the block (zeroes the bytes and the bounds).
+    pub fn clear(&mut self) {
+        self.bytes.iter_mut().for_each(|b| *b = 0);
+        self.bounds.reset();
+        self.len = 0;
+    }
+}
+
+/// Attention of one query head over the first `n_valid` slots of `kv_head` in an encoded block,
+/// fed into `state`'s online softmax. `scores` is scratch of at least `n_valid` elements.
+///
+/// K and V rows are decoded a tile of 16 rows at a time into a stack buffer (no block-sized
+/// f32 copy). Same
+/// bits as [`attend_block_gqa`] with one query.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block(
+    state: &mut AttnState,
+    q: &[f32],
+    block: &[u8],
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    kv_head: usize,
+    n_valid: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    attend_block_gqa(
+        std::slice::from_mut(state),
+        q,
+        block,
+        geo,
+        dtype,
+        kv_head,
+        n_valid,
+        scale,
+        scores,
+    )
+}
+
+/// Grouped-query attention over one block: `states.len()` query heads that share `kv_head`
+/// (`q` holds their `group × head_dim` queries, head after head). Each K and V row is decoded
+/// once and used by every query of the group. `scores` is scratch of at least
+/// `group × n_valid` elements.
+///
+/// For fp8, the row scale is applied to the score (`(q · codes) · (scale_k · scale)`) and to
+/// the softmax weight of the value row, never to the row itself.
+///
+/// Panics (caller contract) if the slices are too short, `kv_head` or `n_valid` are out of
+/// range, or a state's `head_dim` differs from the geometry's.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block_gqa(
+    states: &mut [AttnState],
+    q: &[f32],
+    block: &[u8],
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    kv_head: usize,
+    n_valid: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let d = geo.head_dim;
+    let g = states.len();
+    let n = n_valid;
+    assert!(d <= MAX_HEAD_DIM, "head_dim {d} > {MAX_HEAD_DIM}");
+    assert!(kv_head < geo.n_head_kv && n <= geo.block_tokens);
+    assert!(q.len() >= g * d && scores.len() >= g * n);
+    assert!(
+        block.len() >= geo.layout(dtype).used_bytes,
+        "block too short"
+    );
+    assert!(states.iter().all(|s| s.acc.len() == d), "state head_dim");
+    if n == 0 || g == 0 {
+        return;
+    }
+    let mut tile = [0.0f32; TILE * MAX_HEAD_DIM];
+    let mut rs = [0.0f32; TILE];
+    let mut w = [0.0f32; TILE];
+    // Pass 1: scores. A tile of decoded K rows serves every query of the group.
+    let mut t0 = 0;
+    while t0 < n {
+        let c = TILE.min(n - t0);
+        for i in 0..c {
+            let row = &mut tile[i * d..][..d];
+            rs[i] = decode_raw(geo, dtype, block, false, kv_head, t0 + i, row) * scale;
+        }
+        for gi in 0..g {
+            let sc = &mut scores[gi * n + t0..][..c];
+            crate::kernels::dots_strided(&q[gi * d..][..d], &tile[..c * d], d, sc);
+            for (s, r) in sc.iter_mut().zip(&rs[..c]) {
+                *s *= r;
+            }
+        }
+        t0 += c;
+    }
+    // Online softmax update per query head; scores become exp(score − m).
+    for (gi, st) in states.iter_mut().enumerate() {
+        let sc = &mut scores[gi * n..][..n];
+        let cmax = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let new_m = st.m.max(cmax);
+        let corr = if st.m == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (st.m - new_m).exp()
+        };
+        if corr != 1.0 {
+            st.l *= corr;
+            st.acc.iter_mut().for_each(|a| *a *= corr);
+        }
+        for x in sc.iter_mut() {
+            *x = (*x - new_m).exp();
+            st.l += *x;
+        }
+        st.m = new_m;
+    }
+    // Pass 2: values. A tile of decoded V rows serves every query of the group; the fp8 row
+    // scale goes into the weight.
+    let mut t0 = 0;
+    while t0 < n {
+        let c = TILE.min(n - t0);
+        for i in 0..c {
+            let row = &mut tile[i * d..][..d];
+            rs[i] = decode_raw(geo, dtype, block, true, kv_head, t0 + i, row);
+        }
+        for (gi, st) in states.iter_mut().enumerate() {
+            for i in 0..c {
+                w[i] = scores[gi * n + t0 + i] * rs[i];
+            }
+            crate::kernels::axpys_strided(&w[..c], &tile[..c * d], d, &mut st.acc);
+        }
+        t0 += c;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt_oss_fp8_block_is_64k_payload_plus_4k_scales() {
+        let geo = BlockGeometry {
+            block_tokens: 64,
+            n_head_kv: 8,
+            head_dim: 64,
+        };
+        let l = geo.layout(KvDtype::Fp8);
+        assert_eq!(l.payload_bytes, 65536);
+        assert_eq!(l.k_scales, Some(65536));
+        assert_eq!(l.v_scales, Some(65536 + 2048));
+        assert_eq!(l.used_bytes, 65536 + 4096);
+        assert_eq!(l.block_bytes, 69632);
+        assert_eq!(geo.block_bytes(KvDtype::F16), 131072);
+        assert_eq!(geo.block_bytes(KvDtype::F32), 262144);
+    }
+
+    #[test]
+    fn dtype_parses_and_displays() {
+        for d in KvDtype::ALL {
+            assert_eq!(d.to_string().parse::<KvDtype>().unwrap(), d);
+        }
+        assert_eq!("FP8".parse::<KvDtype>().unwrap(), KvDtype::Fp8);
+        assert!("bf16".parse::<KvDtype>().is_err());
+    }
+
+    #[test]
+    fn bounds_contain_decoded_keys_and_bound_dots() {
+        let geo = BlockGeometry {
+            block_tokens: 4,
+            n_head_kv: 2,
+            head_dim: 3,
+        };
+        let mut b = BlockBuf::new(geo, KvDtype::F32).unwrap();
+        b.push(&[1.0, -2.0, 3.0, 0.5, 0.5, 0.5], &[0.0; 6]).unwrap();
+        b.push(&[-1.0, 2.0, 0.0, 0.1, 0.2, 0.3], &[0.0; 6]).unwrap();
+        assert_eq!(b.bounds().min(0), &[-1.0, -2.0, 0.0]);
+        assert_eq!(b.bounds().max(0), &[1.0, 2.0, 3.0]);
+        let q = [1.0, -1.0, 2.0];
+        assert_eq!(b.bounds().upper_bound_dot(0, &q), 1.0 + 2.0 + 6.0);
+    }
+}
