@@ -174,28 +174,73 @@ impl KvCache for RamKv {
         let group = qy.n_head / n_kv;
         let (keys, values) = (&self.k[layer], &self.v[layer]);
         const CHUNK: usize = 256;
-        out.par_chunks_mut(d).enumerate().for_each_init(
-            || (AttnState::new(d), vec![0.0f32; CHUNK]),
-            |(st, scores), (i, o)| {
-                let (t, h) = (i / qy.n_head, i % qy.n_head);
-                let p = qy.pos0 + t;
-                let lo = qy.window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let kvh = h / group;
-                let q = &qy.q[i * d..(i + 1) * d];
-                st.reset();
-                if let Some(s) = qy.sinks {
-                    st.add_sink(s[h]);
+        // One task per (query token, KV head, segment of SEG positions): the query heads of a
+        // group share each K/V row while it is in cache (GQA), and long contexts split into
+        // segments whose partial softmax states merge in order. Segment and chunk boundaries
+        // depend only on positions, never on the thread count, so results are deterministic.
+        const SEG: usize = 1024;
+        let n_kv_tasks = qy.n_tokens * n_kv;
+        let mut tasks = Vec::new();
+        for i in 0..n_kv_tasks {
+            let p = qy.pos0 + i / n_kv;
+            let lo = qy.window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let n_seg = (p + 1 - lo).div_ceil(SEG);
+            tasks.extend((0..n_seg).map(|sg| (i, lo + sg * SEG, (lo + (sg + 1) * SEG).min(p + 1))));
+        }
+        let partial: Vec<Vec<AttnState>> = tasks
+            .par_iter()
+            .map_init(
+                || vec![0.0f32; CHUNK],
+                |scores, &(i, a, b)| {
+                    let (t, kvh) = (i / n_kv, i % n_kv);
+                    let mut st = vec![AttnState::new(d); group];
+                    if let Some(s) = qy.sinks {
+                        if a == qy.window.map_or(0, |w| (qy.pos0 + t + 1).saturating_sub(w)) {
+                            for (g, sg) in st.iter_mut().enumerate() {
+                                sg.add_sink(s[kvh * group + g]);
+                            }
+                        }
+                    }
+                    let mut j = a;
+                    while j < b {
+                        let c = CHUNK.min(b - j);
+                        let off = j * row + kvh * d;
+                        for (g, sg) in st.iter_mut().enumerate() {
+                            let h = kvh * group + g;
+                            let q = &qy.q[(t * qy.n_head + h) * d..][..d];
+                            sg.add_chunk_f32(
+                                q,
+                                &keys[off..],
+                                &values[off..],
+                                c,
+                                row,
+                                qy.scale,
+                                scores,
+                            );
+                        }
+                        j += c;
+                    }
+                    st
+                },
+            )
+            .collect();
+        // Merge segments in order and write each head's output.
+        let mut k = 0;
+        for i in 0..n_kv_tasks {
+            let (t, kvh) = (i / n_kv, i % n_kv);
+            let mut acc = partial[k].clone();
+            k += 1;
+            while k < tasks.len() && tasks[k].0 == i {
+                for (x, y) in acc.iter_mut().zip(&partial[k]) {
+                    x.merge(y);
                 }
-                let mut j = lo;
-                while j <= p {
-                    let c = CHUNK.min(p + 1 - j);
-                    let off = j * row + kvh * d;
-                    st.add_chunk_f32(q, &keys[off..], &values[off..], c, row, qy.scale, scores);
-                    j += c;
-                }
-                st.finish(o);
-            },
-        );
+                k += 1;
+            }
+            for (g, st) in acc.iter().enumerate() {
+                let h = kvh * group + g;
+                st.finish(&mut out[(t * qy.n_head + h) * d..][..d]);
+            }
+        }
         Ok(())
     }
 
@@ -289,5 +334,74 @@ mod tests {
         assert!(kv.attend(1, &qy, &mut out).is_err());
         kv.truncate(4);
         assert_eq!(kv.len(1), 4);
+    }
+
+    #[test]
+    fn long_context_segments_merge_to_the_reference() {
+        // More than two 1024-position segments, GQA 3:1, sinks, and windows that start
+        // mid-segment: the merged result equals the two-pass reference.
+        let geo = KvGeometry {
+            n_layer: 1,
+            n_head_kv: 2,
+            head_dim: 16,
+            n_ctx: 3000,
+        };
+        let mut kv = RamKv::new(geo);
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let n = 2600;
+        let ks: Vec<f32> = (0..n * 32).map(|_| rnd() * 2.0).collect();
+        let vs: Vec<f32> = (0..n * 32).map(|_| rnd()).collect();
+        for t in 0..n {
+            kv.append(0, &ks[t * 32..(t + 1) * 32], &vs[t * 32..(t + 1) * 32])
+                .unwrap();
+        }
+        let n_head = 6;
+        let q: Vec<f32> = (0..2 * n_head * 16).map(|_| rnd()).collect();
+        let sinks = [0.1f32, 1.0, -0.5, 2.0, 0.0, 0.3];
+        for window in [None, Some(1500), Some(100)] {
+            let qy = AttnQuery {
+                q: &q,
+                n_tokens: 2,
+                pos0: n - 2,
+                n_head,
+                scale: 0.25,
+                sinks: Some(&sinks),
+                window,
+            };
+            let mut out = vec![0.0; q.len()];
+            kv.attend(0, &qy, &mut out).unwrap();
+            for t in 0..2 {
+                for h in 0..n_head {
+                    let p: usize = n - 2 + t;
+                    let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
+                    let off = lo * 32 + (h / 3) * 16;
+                    let mut want = vec![0.0; 16];
+                    let qs = &q[(t * n_head + h) * 16..][..16];
+                    attend_reference(
+                        qs,
+                        &ks[off..],
+                        &vs[off..],
+                        p + 1 - lo,
+                        32,
+                        0.25,
+                        Some(sinks[h]),
+                        &mut want,
+                    );
+                    let got = &out[(t * n_head + h) * 16..][..16];
+                    for j in 0..16 {
+                        assert!(
+                            (got[j] - want[j]).abs() < 1e-5,
+                            "window {window:?} t {t} h {h}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
