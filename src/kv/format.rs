@@ -394,6 +394,23 @@ pub fn encode_token(
     Ok(())
 }
 
+/// Decoded K (`is_v = false`) or V row of `(kv_head, t)`, scale applied, into `out[..head_dim]`.
+fn decode_row(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    is_v: bool,
+    kv_head: usize,
+    t: usize,
+    out: &mut [f32],
+) {
+    let out = &mut out[..geo.head_dim];
+    let s = decode_raw(geo, dtype, block, is_v, kv_head, t, out);
+    if s != 1.0 {
+        out.iter_mut().for_each(|x| *x *= s);
+    }
+}
+
 /// Decoded K row of `(kv_head, t)` (`head_dim` values, scale applied) into `out`.
 pub fn decode_k_row(
     geo: &BlockGeometry,
@@ -403,18 +420,7 @@ pub fn decode_k_row(
     t: usize,
     out: &mut [f32],
 ) {
-    let s = decode_raw(
-        geo,
-        dtype,
-        block,
-        false,
-        kv_head,
-        t,
-        &mut out[..geo.head_dim],
-    );
-    if s != 1.0 {
-        out[..geo.head_dim].iter_mut().for_each(|x| *x *= s);
-    }
+    decode_row(geo, dtype, block, false, kv_head, t, out)
 }
 
 /// Decoded V row of `(kv_head, t)` (`head_dim` values, scale applied) into `out`.
@@ -426,18 +432,7 @@ pub fn decode_v_row(
     t: usize,
     out: &mut [f32],
 ) {
-    let s = decode_raw(
-        geo,
-        dtype,
-        block,
-        true,
-        kv_head,
-        t,
-        &mut out[..geo.head_dim],
-    );
-    if s != 1.0 {
-        out[..geo.head_dim].iter_mut().for_each(|x| *x *= s);
-    }
+    decode_row(geo, dtype, block, true, kv_head, t, out)
 }
 
 /// Decode the first `n` K and V rows of `kv_head` as two `n × head_dim` f32 arrays (tests,
