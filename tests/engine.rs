@@ -5,7 +5,6 @@ mod common;
 
 use kvspool::engine::sampler::SamplerParams;
 use kvspool::engine::{generate, GenParams, Session, StopReason};
-use kvspool::kv::RamKv;
 use kvspool::model::LogitsFor;
 use kvspool::tokenizer::Tokenizer;
 
@@ -25,7 +24,7 @@ fn chunked_prefill_and_single_steps_agree_with_one_batch() {
     let n = ids.len();
     let nv = m.n_vocab();
     let run = |chunk: usize| {
-        let mut s = Session::new(m, Box::new(RamKv::new(m.kv_geometry(n))));
+        let mut s = Session::new(m, common::ram_kv(m.kv_geometry(n)));
         let l = s
             .prefill(&ids, chunk, LogitsFor::All, &mut |_, _| {})
             .unwrap();
@@ -63,7 +62,7 @@ fn streamed_text_equals_decoded_tokens_and_limits_hold() {
         prefill_chunk: 5,
         ignore_eog: true,
     };
-    let mut s = Session::new(m, Box::new(RamKv::new(m.kv_geometry(ids.len() + 20))));
+    let mut s = Session::new(m, common::ram_kv(m.kv_geometry(ids.len() + 20)));
     let mut streamed = String::new();
     let mut progress = Vec::new();
     let g = generate(
@@ -83,15 +82,15 @@ fn streamed_text_equals_decoded_tokens_and_limits_hold() {
     assert_eq!(progress.len(), ids.len().div_ceil(5));
 
     // Context full: a context of prompt + 3 stops after the positions run out.
-    let mut s = Session::new(m, Box::new(RamKv::new(m.kv_geometry(ids.len() + 3))));
+    let mut s = Session::new(m, common::ram_kv(m.kv_geometry(ids.len() + 3)));
     let g = generate(&mut s, &tok, &ids, &params, &mut |_, _| {}, &mut |_| {}).unwrap();
     assert_eq!(g.stop_reason, StopReason::ContextFull);
     assert_eq!(g.tokens.len(), 4);
 
     // Same seed, same tokens.
-    let mut s2 = Session::new(m, Box::new(RamKv::new(m.kv_geometry(ids.len() + 20))));
+    let mut s2 = Session::new(m, common::ram_kv(m.kv_geometry(ids.len() + 20)));
     let g2 = generate(&mut s2, &tok, &ids, &params, &mut |_, _| {}, &mut |_| {}).unwrap();
-    let mut s3 = Session::new(m, Box::new(RamKv::new(m.kv_geometry(ids.len() + 20))));
+    let mut s3 = Session::new(m, common::ram_kv(m.kv_geometry(ids.len() + 20)));
     let g3 = generate(&mut s3, &tok, &ids, &params, &mut |_, _| {}, &mut |_| {}).unwrap();
     assert_eq!(g2.tokens, g3.tokens);
 }
@@ -121,7 +120,7 @@ fn chat_answer_is_coherent_and_stops_at_end_of_turn() {
         prefill_chunk: 512,
         ignore_eog: false,
     };
-    let mut s = Session::new(m, Box::new(RamKv::new(m.kv_geometry(ids.len() + 64))));
+    let mut s = Session::new(m, common::ram_kv(m.kv_geometry(ids.len() + 64)));
     let g = generate(&mut s, &tok, &ids, &params, &mut |_, _| {}, &mut |_| {}).unwrap();
     assert_eq!(g.stop_reason, StopReason::Eog, "{:?}", g.text);
     assert!(g.text.contains("Paris"), "{:?}", g.text);

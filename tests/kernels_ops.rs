@@ -255,3 +255,74 @@ fn kernels_simd_env_lowers_the_level() {
         );
     }
 }
+
+#[test]
+fn kernels_exp_shift_sum_is_bit_equal_across_levels_and_accurate() {
+    let mut rng = Rng(11);
+    for &n in &LENGTHS {
+        // Scores minus their maximum: mostly in [-30, 0], some far below, some exactly 0.
+        let mut x: Vec<f32> = (0..n)
+            .map(|i| match i % 7 {
+                0 => 0.0,
+                1 => -100.0 - rng.unit() as f32 * 50.0,
+                _ => rng.normal() * 8.0 - 4.0,
+            })
+            .collect();
+        x.iter_mut().for_each(|v| *v = v.min(3.0));
+        let m = 0.75f32;
+        let mut want = x.clone();
+        let want_sum = kernels::exp_shift_sum_at(SimdLevel::Scalar, &mut want, m);
+        for (&xi, &w) in x.iter().zip(&want) {
+            let t = ((xi - m) as f64).exp();
+            let err = (w as f64 - t).abs();
+            assert!(
+                err <= 2.5 * f32::EPSILON as f64 * t || (t < 1.2e-38 && w == 0.0),
+                "exp({}) = {w}, true {t}",
+                xi - m
+            );
+        }
+        for level in SimdLevel::available() {
+            let mut got = x.clone();
+            let s = kernels::exp_shift_sum_at(level, &mut got, m);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{level:?} n {n}"
+            );
+            let bound = gamma(n + 16) * want.iter().map(|&v| v as f64).sum::<f64>();
+            assert!(
+                (s as f64 - want_sum as f64).abs() <= 2.0 * bound + 1e-30,
+                "{level:?} n {n}: sum {s} vs {want_sum}"
+            );
+        }
+    }
+    // NaN stays NaN, -inf gives 0.
+    for level in SimdLevel::available() {
+        let mut v = [f32::NAN, f32::NEG_INFINITY, 0.0];
+        kernels::exp_shift_sum_at(level, &mut v, 0.0);
+        assert!(
+            v[0].is_nan() && v[1] == 0.0 && v[2] == 1.0,
+            "{level:?}: {v:?}"
+        );
+    }
+}
+
+#[test]
+fn kernels_e4m3_decode_matches_the_table_at_every_level() {
+    use kvspool::quant::fp8::E4M3_TO_F32;
+    let codes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).chain(7..40).collect();
+    for &n in &LENGTHS {
+        let src: Vec<u8> = codes.iter().cycle().take(n).copied().collect();
+        for level in SimdLevel::available() {
+            let mut out = vec![1.5f32; n];
+            kernels::e4m3_decode_at(level, &src, &mut out);
+            for (i, (&c, &o)) in src.iter().zip(&out).enumerate() {
+                let w = E4M3_TO_F32[c as usize];
+                assert!(
+                    o.to_bits() == w.to_bits() || (o.is_nan() && w.is_nan()),
+                    "{level:?} n {n} i {i}: code {c:#04x} gave {o}, table {w}"
+                );
+            }
+        }
+    }
+}

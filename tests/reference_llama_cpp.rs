@@ -19,7 +19,6 @@ mod common;
 
 use kvspool::engine::sampler::argmax;
 use kvspool::engine::Session;
-use kvspool::kv::RamKv;
 use kvspool::model::{self, LogitsFor, Precision};
 use serde_json::Value;
 
@@ -96,12 +95,12 @@ fn teacher_forced_logits_agree_with_llama_cpp() {
             "{}: prompt shorter than 200 tokens",
             fx.name
         );
-        let mut s = Session::new(m, Box::new(RamKv::new(m.kv_geometry(fx.prompt.len()))));
+        let mut s = Session::new(m, common::ram_kv(m.kv_geometry(fx.prompt.len())));
         let logits = s
             .prefill(&fx.prompt, fx.prompt.len(), LogitsFor::All, &mut |_, _| {})
             .unwrap();
         let fm = &*fast.model;
-        let mut s8 = Session::new(fm, Box::new(RamKv::new(fm.kv_geometry(fx.prompt.len()))));
+        let mut s8 = Session::new(fm, common::ram_kv(fm.kv_geometry(fx.prompt.len())));
         let logits8 = s8
             .prefill(&fx.prompt, fx.prompt.len(), LogitsFor::All, &mut |_, _| {})
             .unwrap();
@@ -162,10 +161,7 @@ fn greedy_generation_matches_llama_cpp_until_a_near_tie() {
     let m = &*loaded.model;
     for fx in fixtures() {
         let n_gen = fx.greedy.len();
-        let mut s = Session::new(
-            m,
-            Box::new(RamKv::new(m.kv_geometry(fx.prompt.len() + n_gen))),
-        );
+        let mut s = Session::new(m, common::ram_kv(m.kv_geometry(fx.prompt.len() + n_gen)));
         let mut logits = s
             .prefill(&fx.prompt, 128, LogitsFor::Last, &mut |_, _| {})
             .unwrap();

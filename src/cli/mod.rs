@@ -1,12 +1,15 @@
 //! Command-line parsing (clap) into validated settings, and output formatting.
 //! The command contract is ../shared/docs/CLI.md; names, flags and JSON fields are stable.
 
+mod bench;
+mod kvopts;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use kvopts::{kv_json, kv_table, CommonKv};
 use kvspool::engine::sampler::SamplerParams;
 use kvspool::engine::{generate, GenParams, Session};
 use kvspool::gguf::{GgufFile, ModelConfig};
-use kvspool::kv::RamKv;
 use kvspool::model::{self, Loaded, LogitsFor};
 use kvspool::tokenizer::{ChatMessage, Tokenizer};
 use serde_json::json;
@@ -38,6 +41,9 @@ enum Cmd {
     Inspect(InspectArgs),
     /// What fits on a machine with the given RAM: weights, KV RAM tier, disk tier, flags.
     Plan(PlanArgs),
+    /// Benchmarks (`bench decode`).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 #[derive(Args)]
@@ -66,16 +72,6 @@ struct ModelArg {
     /// GGUF model file [default: the cached SmolLM2-135M-Instruct, see tools/fetch-models.sh].
     #[arg(long, short = 'm')]
     model: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct CommonKv {
-    /// Maximum context in tokens [default: the model's context_length].
-    #[arg(long)]
-    ctx: Option<usize>,
-    /// Compute threads [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -112,7 +108,7 @@ struct RunArgs {
     /// Do not stop at end-of-generation tokens (for benchmarks).
     #[arg(long)]
     ignore_eos: bool,
-    /// Print timings to stderr at the end.
+    /// Print timings and the per-layer KV table to stderr at the end.
     #[arg(long)]
     stats: bool,
     /// Print one JSON object on stdout instead of streaming text.
@@ -221,6 +217,7 @@ pub fn main() -> Result<()> {
         Cmd::Detokenize(a) => detokenize(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Plan(a) => plan(a),
+        Cmd::Bench(b) => bench::main(b),
     }
 }
 
@@ -246,6 +243,39 @@ fn model_path(m: &ModelArg) -> Result<PathBuf> {
             Ok(p)
         }
     }
+}
+
+/// A fingerprint of the model file for the disk tier header (size, tensor table).
+fn fingerprint(file: &GgufFile) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h = (h ^ x as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    eat(&file.file_size().to_le_bytes());
+    for t in file.tensors() {
+        eat(t.name.as_bytes());
+        eat(&t.n_bytes.to_le_bytes());
+    }
+    h
+}
+
+/// The KV RAM budget `kvspool plan` would pick for this machine, context and dtype.
+fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv) -> u64 {
+    let bpv = match kv.kv_dtype.as_str() {
+        "f32" => 4.0,
+        "f16" => 2.0,
+        _ => 1.0,
+    };
+    let ram = kvopts::machine_ram().unwrap_or(16 << 30);
+    let input = kvspool::engine::plan::PlanInput {
+        ram_bytes: ram,
+        ctx: n_ctx as u64,
+        kv_bytes_per_value: bpv,
+        block_tokens: kv.block_tokens as u64,
+    };
+    kvspool::engine::plan::plan(&loaded.file, &loaded.config, &input).kv_ram_bytes
 }
 
 fn set_threads(n: Option<usize>) -> Result<()> {
@@ -278,6 +308,7 @@ fn ctx_size(kv: &CommonKv, loaded: &Loaded) -> Result<usize> {
 }
 
 fn run(a: RunArgs) -> Result<()> {
+    a.kv.validate()?;
     set_threads(a.kv.threads)?;
     if !(a.temp >= 0.0 && a.temp.is_finite()) {
         bail!("--temp must be a finite number >= 0, got {}", a.temp);
@@ -303,7 +334,13 @@ fn run(a: RunArgs) -> Result<()> {
         // Adds BOS when the vocabulary asks for it; special tokens in the text are recognised.
         tok.encode(&text, true)
     };
-    let kv = RamKv::new(loaded.model.kv_geometry(n_ctx));
+    let ram = a.kv.ram_bytes(|| planned_kv_ram(&loaded, n_ctx, &a.kv))?;
+    let (kv, _tmp) = a.kv.build(
+        loaded.model.kv_geometry(n_ctx),
+        ram,
+        fingerprint(&loaded.file),
+        a.batch,
+    )?;
     let mut session = Session::new(&*loaded.model, Box::new(kv));
     let params = GenParams {
         max_tokens: a.n,
@@ -369,9 +406,7 @@ fn run(a: RunArgs) -> Result<()> {
             "stop_reason": g.stop_reason.as_str(),
             "timings": {"prefill_s": t.prefill_s, "prefill_tok_s": t.prefill_tok_s,
                         "decode_s": t.decode_s, "decode_tok_s": t.decode_tok_s},
-            "kv": {"dtype": "f32", "ram_budget_bytes": null, "ram_peak_bytes": session_kv_bytes(&session),
-                   "disk_bytes": 0, "blocks_read": 0, "hits": 0, "prefetch_hits": 0, "late": 0,
-                   "misses": 0, "hit_rate": null, "stall_s": 0.0, "bytes_read": 0},
+            "kv": session.kv().stats().map(|s| kv_json(&s)),
         });
         println!("{v}");
     } else {
@@ -389,13 +424,11 @@ fn run(a: RunArgs) -> Result<()> {
             t.decode_tok_s,
             g.stop_reason.as_str()
         );
+        if let Some(s) = session.kv().stats() {
+            eprint!("{}", kv_table(&s));
+        }
     }
     Ok(())
-}
-
-fn session_kv_bytes(s: &Session<'_>) -> usize {
-    let g = s.kv().geometry();
-    s.pos() * g.row_len() * 2 * 4 * g.n_layer
 }
 
 fn parse_ids(s: &str, what: &str) -> Result<Vec<u32>> {
@@ -410,6 +443,7 @@ fn parse_ids(s: &str, what: &str) -> Result<Vec<u32>> {
 }
 
 fn logits(a: LogitsArgs) -> Result<()> {
+    a.kv.validate()?;
     set_threads(a.kv.threads)?;
     let text = std::fs::read_to_string(&a.tokens_file)
         .with_context(|| format!("cannot read --tokens-file {}", a.tokens_file.display()))?;
@@ -448,7 +482,13 @@ fn logits(a: LogitsArgs) -> Result<()> {
         bail!("--positions: {p} is beyond the {} tokens given", ids.len());
     }
     let n_ctx = ctx_size(&a.kv, &loaded)?.max(ids.len());
-    let kv = RamKv::new(loaded.model.kv_geometry(n_ctx));
+    let ram = a.kv.ram_bytes(|| planned_kv_ram(&loaded, n_ctx, &a.kv))?;
+    let (kv, _tmp) = a.kv.build(
+        loaded.model.kv_geometry(n_ctx),
+        ram,
+        fingerprint(&loaded.file),
+        a.batch,
+    )?;
     let mut session = Session::new(&*loaded.model, Box::new(kv));
     let all = session.prefill(&ids, a.batch, LogitsFor::All, &mut |_, _| {})?;
     let rows: Vec<&[f32]> = positions

@@ -612,6 +612,122 @@ pub(super) fn axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut 
     }
 }
 
+/// `exp` of 8 lanes by the recipe of `scalar::expc` (same operations, same bits).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    use super::scalar::expc::*;
+    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+    let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(MIN_X));
+    let xc = _mm256_min_ps(x, _mm256_set1_ps(MAX_X));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        xc,
+        _mm256_set1_ps(LOG2E),
+    ));
+    let nn = _mm256_sub_ps(_mm256_setzero_ps(), n);
+    let r = _mm256_fmadd_ps(
+        nn,
+        _mm256_set1_ps(LN2_LO),
+        _mm256_fmadd_ps(nn, _mm256_set1_ps(LN2_HI), xc),
+    );
+    let mut p = _mm256_set1_ps(P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    )));
+    let res = _mm256_mul_ps(y, pow);
+    let res = _mm256_blendv_ps(res, _mm256_setzero_ps(), tiny);
+    _mm256_blendv_ps(res, x, nan)
+}
+
+/// `x[i] = exp(x[i] − m)`; returns `Σ x[i]` (8 lanes, then the tail in order).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    let mv = _mm256_set1_ps(m);
+    let (xs, xt) = x.as_chunks_mut::<8>();
+    let mut acc = _mm256_setzero_ps();
+    for v in xs.iter_mut() {
+        let e = exp8(_mm256_sub_ps(ld_ps(v), mv));
+        acc = _mm256_add_ps(acc, e);
+        st_ps(v, e);
+    }
+    let mut s = hsum(acc);
+    for v in xt.iter_mut() {
+        *v = super::scalar::exp_one(*v - m);
+        s += *v;
+    }
+    s
+}
+
+/// FP8 E4M3 codes to f32, 8 at a time (see the AVX-512 version for the bit recipe).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn e4m3_decode(src: &[u8], out: &mut [f32]) {
+    let n = src.len().min(out.len());
+    let (src, out) = (&src[..n], &mut out[..n]);
+    let (ss, st) = src.as_chunks::<16>();
+    let (os, ot) = out.as_chunks_mut::<16>();
+    let scale = _mm256_set1_ps(f32::from_bits((120 + 127) << 23));
+    for (b, o) in ss.iter().zip(os.iter_mut()) {
+        let bytes = ld_128(b);
+        let (o0, o1) = o.split_at_mut(8);
+        for (half, dst) in [(bytes, o0), (_mm_srli_si128::<8>(bytes), o1)] {
+            let v = _mm256_cvtepu8_epi32(half);
+            let mag = _mm256_and_si256(v, _mm256_set1_epi32(0x7f));
+            let f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<20>(mag)), scale);
+            let sign = _mm256_slli_epi32::<24>(_mm256_and_si256(v, _mm256_set1_epi32(0x80)));
+            let f = _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(f), sign));
+            let nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f)));
+            let r = _mm256_blendv_ps(f, _mm256_set1_ps(f32::NAN), nan);
+            let dst: &mut [f32; 8] = dst.try_into().expect("8 lanes");
+            st_ps(dst, r);
+        }
+    }
+    super::scalar::e4m3_decode(st, ot);
+}
+
+/// `out[q·ldo + i] = qs[q] · keys[i]` (one [`dot_f32`] per pair).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dots_multi(
+    qs: &[f32],
+    d: usize,
+    keys: &[f32],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for (qi, q) in qs.chunks_exact(d).enumerate() {
+        for i in 0..c {
+            out[qi * ldo + i] = dot_f32(q, &keys[i * d..(i + 1) * d]);
+        }
+    }
+}
+
+/// `accs[q] += Σᵢ w[q·ldw + i] · values[i]` (one [`axpy`] per row, rows in order).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn axpys_multi(
+    w: &[f32],
+    ldw: usize,
+    values: &[f32],
+    c: usize,
+    accs: &mut [f32],
+    d: usize,
+) {
+    for (qi, acc) in accs.chunks_exact_mut(d).enumerate() {
+        for i in 0..c {
+            axpy(w[qi * ldw + i], &values[i * d..(i + 1) * d], acc);
+        }
+    }
+}
+
 /// Safe wrappers: each asserts (a cached check) that the CPU supports this level, then calls
 /// the `#[target_feature]` kernel of the same name. This is the only place the kernels above
 /// are called from outside their feature context.
@@ -643,5 +759,9 @@ pub(super) mod checked {
         dots_strided(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) -> ();
         axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) -> ();
         sum_squares_f64(x: &[f32]) -> f64;
+        exp_shift_sum(x: &mut [f32], m: f32) -> f32;
+        e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
+        dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
+        axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

@@ -688,6 +688,228 @@ pub(super) fn axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut 
     }
 }
 
+/// `exp` of 16 lanes by the recipe of `scalar::expc` (same operations, same bits).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn exp16(x: __m512) -> __m512 {
+    use super::scalar::expc::*;
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+    let tiny = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(MIN_X));
+    let xc = _mm512_min_ps(x, _mm512_set1_ps(MAX_X));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
+    );
+    let nn = _mm512_sub_ps(_mm512_setzero_ps(), n);
+    let r = _mm512_fmadd_ps(
+        nn,
+        _mm512_set1_ps(LN2_LO),
+        _mm512_fmadd_ps(nn, _mm512_set1_ps(LN2_HI), xc),
+    );
+    let mut p = _mm512_set1_ps(P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P5));
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    let pow = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    )));
+    let res = _mm512_mul_ps(y, pow);
+    let res = _mm512_mask_mov_ps(res, tiny, _mm512_setzero_ps());
+    _mm512_mask_mov_ps(res, nan, x)
+}
+
+/// `x[i] = exp(x[i] − m)`; returns `Σ x[i]` (16 lanes, then the tail in order).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    let mv = _mm512_set1_ps(m);
+    let (xs, xt) = x.as_chunks_mut::<16>();
+    let mut acc = _mm512_setzero_ps();
+    for v in xs.iter_mut() {
+        let e = exp16(_mm512_sub_ps(ld_ps(v), mv));
+        acc = _mm512_add_ps(acc, e);
+        st_ps(v, e);
+    }
+    let mut s = hsum(acc);
+    for v in xt.iter_mut() {
+        *v = super::scalar::exp_one(*v - m);
+        s += *v;
+    }
+    s
+}
+
+/// FP8 E4M3 codes to f32, 16 at a time: the 7 magnitude bits placed at f32 bit 20 and scaled
+/// by 2^120 give the value exactly (normals and subnormals alike); sign and NaN (0x7F) by mask.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn e4m3_decode(src: &[u8], out: &mut [f32]) {
+    let n = src.len().min(out.len());
+    let (src, out) = (&src[..n], &mut out[..n]);
+    let (ss, st) = src.as_chunks::<16>();
+    let (os, ot) = out.as_chunks_mut::<16>();
+    let scale = _mm512_set1_ps(f32::from_bits((120 + 127) << 23));
+    for (b, o) in ss.iter().zip(os.iter_mut()) {
+        let v = _mm512_cvtepu8_epi32(ld_128(b));
+        let mag = _mm512_and_si512(v, _mm512_set1_epi32(0x7f));
+        let f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32::<20>(mag)), scale);
+        let sign = _mm512_slli_epi32::<24>(_mm512_and_si512(v, _mm512_set1_epi32(0x80)));
+        let f = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
+        let nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
+        st_ps(o, _mm512_mask_mov_ps(f, nan, _mm512_set1_ps(f32::NAN)));
+    }
+    super::scalar::e4m3_decode(st, ot);
+}
+
+/// Four queries (or fewer: `nq`) against `c` key rows of `16·N` floats: the query vectors stay
+/// in registers and each key chunk is loaded once for all of them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn dots4<const N: usize>(
+    qs: &[f32],
+    nq: usize,
+    keys: &[f32],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let d = 16 * N;
+    let mut qv = [[_mm512_setzero_ps(); N]; 4];
+    for (j, qj) in qv.iter_mut().enumerate().take(nq) {
+        let (ch, _) = qs[j * d..(j + 1) * d].as_chunks::<16>();
+        for (k, v) in qj.iter_mut().enumerate() {
+            *v = ld_ps(&ch[k]);
+        }
+    }
+    for i in 0..c {
+        let (row, _) = keys[i * d..(i + 1) * d].as_chunks::<16>();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (k, r) in row.iter().enumerate() {
+            let rv = ld_ps(r);
+            for j in 0..4 {
+                acc[j] = _mm512_fmadd_ps(qv[j][k], rv, acc[j]);
+            }
+        }
+        for j in 0..nq {
+            out[j * ldo + i] = hsum(acc[j]);
+        }
+    }
+}
+
+/// `out[q·ldo + i] = qs[q] · keys[i]`. For `d` = 16, 32, 48 or 64 the queries are taken four
+/// at a time with their vectors in registers (each dot: FMAs over the 16-lane chunks into one
+/// accumulator, then a horizontal sum); other `d` use [`dot_f32`] per pair.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn dots_multi(
+    qs: &[f32],
+    d: usize,
+    keys: &[f32],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nq = qs.len() / d;
+    if d == 0 || !d.is_multiple_of(16) || d > 64 {
+        for (qi, q) in qs.chunks_exact(d.max(1)).enumerate() {
+            for i in 0..c {
+                out[qi * ldo + i] = dot_f32(q, &keys[i * d..(i + 1) * d]);
+            }
+        }
+        return;
+    }
+    let mut q0 = 0;
+    while q0 < nq {
+        let n = (nq - q0).min(4);
+        let qs4 = &qs[q0 * d..(q0 + n) * d];
+        let o = &mut out[q0 * ldo..];
+        match d / 16 {
+            1 => dots4::<1>(qs4, n, keys, c, o, ldo),
+            2 => dots4::<2>(qs4, n, keys, c, o, ldo),
+            3 => dots4::<3>(qs4, n, keys, c, o, ldo),
+            _ => dots4::<4>(qs4, n, keys, c, o, ldo),
+        }
+        q0 += n;
+    }
+}
+
+/// Four accumulators (or fewer: `nq`) of `16·N` floats kept in registers over `c` value rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn axpys4<const N: usize>(
+    w: &[f32],
+    ldw: usize,
+    nq: usize,
+    values: &[f32],
+    c: usize,
+    accs: &mut [f32],
+) {
+    let d = 16 * N;
+    let mut acc = [[_mm512_setzero_ps(); N]; 4];
+    for (j, aj) in acc.iter_mut().enumerate().take(nq) {
+        let (ch, _) = accs[j * d..(j + 1) * d].as_chunks::<16>();
+        for (k, v) in aj.iter_mut().enumerate() {
+            *v = ld_ps(&ch[k]);
+        }
+    }
+    for i in 0..c {
+        let (row, _) = values[i * d..(i + 1) * d].as_chunks::<16>();
+        let mut rv = [_mm512_setzero_ps(); N];
+        for (k, r) in row.iter().enumerate() {
+            rv[k] = ld_ps(r);
+        }
+        for j in 0..nq {
+            let wv = _mm512_set1_ps(w[j * ldw + i]);
+            for k in 0..N {
+                acc[j][k] = _mm512_fmadd_ps(wv, rv[k], acc[j][k]);
+            }
+        }
+    }
+    for (j, aj) in acc.iter().enumerate().take(nq) {
+        let (ch, _) = accs[j * d..(j + 1) * d].as_chunks_mut::<16>();
+        for (k, v) in aj.iter().enumerate() {
+            st_ps(&mut ch[k], *v);
+        }
+    }
+}
+
+/// `accs[q] += Σᵢ w[q·ldw + i] · values[i]`, rows in order with one FMA per element (the bits
+/// of [`axpy`] per row). For `d` = 16..64 the accumulators stay in registers, four at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn axpys_multi(
+    w: &[f32],
+    ldw: usize,
+    values: &[f32],
+    c: usize,
+    accs: &mut [f32],
+    d: usize,
+) {
+    if d == 0 || !d.is_multiple_of(16) || d > 64 {
+        for (qi, acc) in accs.chunks_exact_mut(d.max(1)).enumerate() {
+            for i in 0..c {
+                axpy(w[qi * ldw + i], &values[i * d..(i + 1) * d], acc);
+            }
+        }
+        return;
+    }
+    let nq = accs.len() / d;
+    let mut q0 = 0;
+    while q0 < nq {
+        let n = (nq - q0).min(4);
+        let a = &mut accs[q0 * d..(q0 + n) * d];
+        let ww = &w[q0 * ldw..];
+        match d / 16 {
+            1 => axpys4::<1>(ww, ldw, n, values, c, a),
+            2 => axpys4::<2>(ww, ldw, n, values, c, a),
+            3 => axpys4::<3>(ww, ldw, n, values, c, a),
+            _ => axpys4::<4>(ww, ldw, n, values, c, a),
+        }
+        q0 += n;
+    }
+}
+
 /// Safe wrappers: each asserts (a cached check) that the CPU supports this level, then calls
 /// the `#[target_feature]` kernel of the same name. This is the only place the kernels above
 /// are called from outside their feature context.
@@ -719,5 +941,9 @@ pub(super) mod checked {
         dots_strided(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) -> ();
         axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) -> ();
         sum_squares_f64(x: &[f32]) -> f64;
+        exp_shift_sum(x: &mut [f32], m: f32) -> f32;
+        e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
+        dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
+        axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

@@ -124,3 +124,87 @@ pub fn axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) 
     }
     at_level!(level, axpys_strided(p, values, stride, acc))
 }
+
+/// `x[i] = exp(x[i] − m)` and the sum of the results: the softmax step of attention.
+/// Every SIMD level computes each `exp` with the same operations as the scalar path (bit-equal
+/// values, ≤ 2 ulp from the true exponential; 0 below −87.33); the sum's order differs by level.
+pub fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    exp_shift_sum_at(simd_level(), x, m)
+}
+
+/// [`exp_shift_sum`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn exp_shift_sum_at(level: SimdLevel, x: &mut [f32], m: f32) -> f32 {
+    assert_available(level);
+    at_level!(level, exp_shift_sum(x, m))
+}
+
+/// FP8 E4M3 codes to f32 (exact at every level): `out[i] = e4m3(src[i])` for
+/// `i < min(src.len(), out.len())`.
+pub fn e4m3_decode(src: &[u8], out: &mut [f32]) {
+    e4m3_decode_at(simd_level(), src, out)
+}
+
+/// [`e4m3_decode`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn e4m3_decode_at(level: SimdLevel, src: &[u8], out: &mut [f32]) {
+    assert_available(level);
+    at_level!(level, e4m3_decode(src, out))
+}
+
+/// `out[q·ldo + i] = qs[q] · keys[i·d ..][..d]` for every query `q < qs.len() / d` and key row
+/// `i < c`: the scores of a group of queries against a tile of keys, each key row loaded once
+/// for several queries. Panics (caller contract) if a slice is too short.
+pub fn dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) {
+    dots_multi_at(simd_level(), qs, d, keys, c, out, ldo)
+}
+
+/// [`dots_multi`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn dots_multi_at(
+    level: SimdLevel,
+    qs: &[f32],
+    d: usize,
+    keys: &[f32],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    assert_available(level);
+    assert!(d > 0 && qs.len().is_multiple_of(d), "dots_multi: queries");
+    let nq = qs.len() / d;
+    assert!(keys.len() >= c * d, "dots_multi: keys too short");
+    assert!(
+        nq == 0 || c == 0 || (ldo >= c && out.len() >= (nq - 1) * ldo + c),
+        "dots_multi: out too short"
+    );
+    at_level!(level, dots_multi(qs, d, keys, c, out, ldo))
+}
+
+/// `accs[q·d ..][..d] += Σᵢ w[q·ldw + i] · values[i·d ..][..d]` for every accumulator
+/// `q < accs.len() / d` over the value rows `i < c`, rows in order with the arithmetic of
+/// [`axpy`] per row (same bits). Panics (caller contract) if a slice is too short.
+pub fn axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) {
+    axpys_multi_at(simd_level(), w, ldw, values, c, accs, d)
+}
+
+/// [`axpys_multi`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn axpys_multi_at(
+    level: SimdLevel,
+    w: &[f32],
+    ldw: usize,
+    values: &[f32],
+    c: usize,
+    accs: &mut [f32],
+    d: usize,
+) {
+    assert_available(level);
+    assert!(
+        d > 0 && accs.len().is_multiple_of(d),
+        "axpys_multi: accumulators"
+    );
+    let nq = accs.len() / d;
+    assert!(values.len() >= c * d, "axpys_multi: values too short");
+    assert!(
+        nq == 0 || c == 0 || (ldw >= c && w.len() >= (nq - 1) * ldw + c),
+        "axpys_multi: weights too short"
+    );
+    at_level!(level, axpys_multi(w, ldw, values, c, accs, d))
+}

@@ -148,3 +148,95 @@ pub(crate) fn tile_dots(
         }
     }
 }
+
+/// Constants of the exp kernel (Cephes `expf`): `exp(x) = 2^n · e^r`, `n = round(x·log2 e)`,
+/// `r = x − n·ln2` in two parts, `e^r ≈ 1 + r + r²·P(r)`. Every level runs these exact
+/// operations (fused multiply-adds where written `mul_add`), so all levels agree bit for bit.
+pub(crate) mod expc {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const P0: f32 = 1.987_569_1e-4;
+    pub const P1: f32 = 1.398_199_9e-3;
+    pub const P2: f32 = 8.333_452e-3;
+    pub const P3: f32 = 4.166_579_6e-2;
+    pub const P4: f32 = 1.666_666_5e-1;
+    pub const P5: f32 = 5.000_000_1e-1;
+    /// Below this, the result is 0 (it would be subnormal).
+    pub const MIN_X: f32 = -87.33;
+    /// Above this, the result is clamped (callers pass x ≤ 0).
+    pub const MAX_X: f32 = 88.37;
+}
+
+/// `exp(x)` by the [`expc`] recipe.
+#[inline]
+pub(crate) fn exp_one(x: f32) -> f32 {
+    use expc::*;
+    if x.is_nan() {
+        return x;
+    }
+    if x < MIN_X {
+        return 0.0;
+    }
+    let x = x.min(MAX_X);
+    let n = (x * LOG2E).round_ties_even();
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let mut p = P0;
+    p = p.mul_add(r, P1);
+    p = p.mul_add(r, P2);
+    p = p.mul_add(r, P3);
+    p = p.mul_add(r, P4);
+    p = p.mul_add(r, P5);
+    let y = p.mul_add(r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `x[i] = exp(x[i] − m)`; returns `Σ x[i]` (summed in order).
+pub(crate) fn exp_shift_sum(x: &mut [f32], m: f32) -> f32 {
+    let mut s = 0.0;
+    for v in x.iter_mut() {
+        *v = exp_one(*v - m);
+        s += *v;
+    }
+    s
+}
+
+/// FP8 E4M3 codes to f32 (exact; table lookup).
+pub(crate) fn e4m3_decode(src: &[u8], out: &mut [f32]) {
+    for (o, &b) in out.iter_mut().zip(src) {
+        *o = crate::quant::fp8::E4M3_TO_F32[b as usize];
+    }
+}
+
+/// `out[q·ldo + i] = qs[q] · keys[i]` for the `qs.len() / d` queries and `c` key rows of `d`.
+pub(crate) fn dots_multi(
+    qs: &[f32],
+    d: usize,
+    keys: &[f32],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for (qi, q) in qs.chunks_exact(d).enumerate() {
+        for i in 0..c {
+            out[qi * ldo + i] = dot_f32(q, &keys[i * d..(i + 1) * d]);
+        }
+    }
+}
+
+/// `accs[q] += Σᵢ w[q·ldw + i] · values[i]` for the `accs.len() / d` accumulators and `c` value
+/// rows of `d` (rows in order, like [`axpy`] per row).
+pub(crate) fn axpys_multi(
+    w: &[f32],
+    ldw: usize,
+    values: &[f32],
+    c: usize,
+    accs: &mut [f32],
+    d: usize,
+) {
+    for (qi, acc) in accs.chunks_exact_mut(d).enumerate() {
+        for i in 0..c {
+            axpy(w[qi * ldw + i], &values[i * d..(i + 1) * d], acc);
+        }
+    }
+}

@@ -734,7 +734,7 @@ pub enum Fault {
     Interrupted,
     /// `allocate` fails with ENOSPC.
     NoSpace,
-    /// One byte of the data read is flipped.
+    /// One byte of the data read is flipped (within its first 64 bytes: inside the payload).
     FlipByte,
 }
 
@@ -869,7 +869,7 @@ impl DiskBackend for FaultyBackend {
         };
         let n = self.inner.read_at(off, &mut buf[..want])?;
         if hits.contains(&Fault::FlipByte) && n > 0 {
-            buf[n / 2] ^= 0x10;
+            buf[(n / 2).min(63)] ^= 0x10;
         }
         Ok(n)
     }
@@ -1150,6 +1150,7 @@ impl DiskTier {
         s[p + 24..p + 28].copy_from_slice(&crc.to_le_bytes());
         let off = self.geo.slot_offset(slot);
         let mut done = 0;
+        let mut interrupted = 0;
         while done < s.len() {
             match self.backend.write_at(off + done as u64, &s[done..]) {
                 Ok(0) => {
@@ -1161,7 +1162,9 @@ impl DiskTier {
                     })
                 }
                 Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < MAX_EINTR => {
+                    interrupted += 1;
+                }
                 Err(source) => {
                     return Err(DiskError::Io {
                         path: self.path.clone(),
@@ -1184,6 +1187,18 @@ impl DiskTier {
     /// completed, and the first failure is returned (the buffers of failed reads hold no
     /// verified data and must not be used).
     pub fn read_blocks(&mut self, reqs: &mut [ReadReq<'_>]) -> Result<(), DiskError> {
+        self.read_blocks_each(reqs)?
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// Like [`Self::read_blocks`], with one result per request (in order). The outer error is a
+    /// misuse (bad slot or buffer) found before any I/O.
+    pub fn read_blocks_each(
+        &mut self,
+        reqs: &mut [ReadReq<'_>],
+    ) -> Result<Vec<Result<(), DiskError>>, DiskError> {
         let sb = self.geo.slot_bytes() as usize;
         for r in reqs.iter() {
             self.check_slot(r.slot)?;
@@ -1205,7 +1220,7 @@ impl DiskTier {
             })
             .collect();
         self.backend.read_batch(&mut raw);
-        let mut first_err = None;
+        let mut results = Vec::with_capacity(raw.len());
         for r in raw.iter_mut() {
             let slot = reqs_slot(&geo, r.off);
             let res = match r.res.take() {
@@ -1238,15 +1253,13 @@ impl DiskTier {
                 Ok(_) => verify_slot(&self.path, &geo, slot, r.buf),
             };
             self.backend.done_with(r.off, sb as u64);
-            if let Err(e) = checked {
+            if checked.is_err() {
                 // Never leave unverified bytes where a caller might use them.
                 r.buf.fill(0);
-                if first_err.is_none() {
-                    first_err = Some(e);
-                }
             }
+            results.push(checked);
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(results)
     }
 
     /// Hint that `slots` will be read soon (mmap: MADV_WILLNEED).
@@ -1278,16 +1291,22 @@ fn reqs_slot(geo: &DiskGeometry, off: u64) -> u64 {
 /// `buf.len()` only at end of file).
 fn read_full(b: &mut dyn DiskBackend, off: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
+    let mut interrupted = 0;
     while done < buf.len() {
         match b.read_at(off + done as u64, &mut buf[done..]) {
             Ok(0) => break,
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && interrupted < MAX_EINTR => {
+                interrupted += 1;
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(done)
 }
+
+/// Interruptions (EINTR) retried in a row before one is reported as an error.
+const MAX_EINTR: u32 = 100;
 
 fn verify_slot(path: &Path, geo: &DiskGeometry, slot: u64, s: &[u8]) -> Result<(), DiskError> {
     let p = geo.payload_bytes as usize;

@@ -24,8 +24,8 @@
 
 use super::KvError;
 use crate::kernels::attention::AttnState;
-use crate::quant::fp8::{e4m3_from_f32, E4M3_TO_F32};
-use crate::quant::{f16_from_f32, f16_to_f32};
+use crate::quant::f16_from_f32;
+use crate::quant::fp8::e4m3_from_f32;
 use std::fmt;
 use std::str::FromStr;
 
@@ -324,20 +324,107 @@ fn decode_raw(
             1.0
         }
         KvDtype::F16 => {
-            for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
-                *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            // F16C (runtime-detected by `half`) converts the row; the scalar path is the same
+            // IEEE conversion, so results do not depend on the CPU.
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            let mut bits = [0u16; MAX_HEAD_DIM];
+            for (o, b) in bits.iter_mut().zip(src.chunks_exact(2)) {
+                *o = u16::from_le_bytes([b[0], b[1]]);
             }
+            bits[..d]
+                .reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(&mut out[..d]);
             1.0
         }
         KvDtype::Fp8 => {
-            for (o, &b) in out.iter_mut().zip(src) {
-                *o = E4M3_TO_F32[b as usize];
-            }
+            crate::kernels::e4m3_decode(src, &mut out[..d]);
             let so = geo.scale_offset(v, kv_head, t);
             f32::from_le_bytes([block[so], block[so + 1], block[so + 2], block[so + 3]])
         }
     }
 }
+
+/// Decode the `c` consecutive unscaled rows `t..t + c` of K (`is_v = false`) or V of
+/// `kv_head` into `out[..c · head_dim]` (one kernel call: the rows are contiguous in the block)
+/// and their scales into `rs[..c]` (1 for f32 and f16).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn decode_tile(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    is_v: bool,
+    kv_head: usize,
+    t: usize,
+    c: usize,
+    out: &mut [f32],
+    rs: &mut [f32],
+) {
+    let n = c * geo.head_dim;
+    let off = geo.row_offset(dtype, is_v, kv_head, t);
+    let src = &block[off..off + n * dtype.elem_bytes()];
+    let out = &mut out[..n];
+    match dtype {
+        KvDtype::F32 => {
+            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            rs[..c].fill(1.0);
+        }
+        KvDtype::F16 => {
+            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+            let mut bits = [0u16; MAX_HEAD_DIM];
+            for (o, s) in out
+                .chunks_mut(MAX_HEAD_DIM)
+                .zip(src.chunks(2 * MAX_HEAD_DIM))
+            {
+                let m = o.len();
+                for (x, b) in bits.iter_mut().zip(s.chunks_exact(2)) {
+                    *x = u16::from_le_bytes([b[0], b[1]]);
+                }
+                bits[..m]
+                    .reinterpret_cast::<half::f16>()
+                    .convert_to_f32_slice(o);
+            }
+            rs[..c].fill(1.0);
+        }
+        KvDtype::Fp8 => {
+            crate::kernels::e4m3_decode(src, out);
+            let so = geo.scale_offset(is_v, kv_head, t);
+            for (r, b) in rs[..c]
+                .iter_mut()
+                .zip(block[so..so + 4 * c].chunks_exact(4))
+            {
+                *r = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
+}
+
+/// Reusable buffers of the block attention kernel (allocate once per thread).
+#[derive(Debug, Clone)]
+pub struct BlockScratch {
+    tile: Vec<f32>,
+    accbuf: Vec<f32>,
+    w: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl BlockScratch {
+    /// Buffers for blocks of `geo` and up to `max_queries` query heads per call (more are
+    /// handled by growing the score buffer).
+    pub fn new(geo: &BlockGeometry, max_queries: usize) -> Self {
+        BlockScratch {
+            tile: vec![0.0; TILE * geo.head_dim],
+            accbuf: vec![0.0; SG * geo.head_dim],
+            w: vec![0.0; SG * TILE],
+            scores: vec![0.0; max_queries * geo.block_tokens],
+        }
+    }
+}
+
+/// Query heads whose accumulators pass 2 keeps in one buffer.
+const SG: usize = 16;
 
 fn check_block(geo: &BlockGeometry, dtype: KvDtype, block: &[u8], t: usize) -> Result<(), KvError> {
     geo.validate()?;
@@ -591,12 +678,58 @@ pub fn attend_block_gqa(
     scale: f32,
     scores: &mut [f32],
 ) {
+    assert!(
+        scores.len() >= states.len() * n_valid,
+        "scores scratch too short"
+    );
+    let mut scratch = BlockScratch::new(geo, states.len());
+    attend_block_range(
+        states,
+        q,
+        block,
+        geo,
+        dtype,
+        kv_head,
+        0..n_valid,
+        scale,
+        &mut scratch,
+    )
+}
+
+/// [`attend_block_gqa`] over the slots `range` of the block only (a sliding window or a causal
+/// limit that starts or ends inside the block), with reusable buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block_range(
+    states: &mut [AttnState],
+    q: &[f32],
+    block: &[u8],
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    kv_head: usize,
+    range: std::ops::Range<usize>,
+    scale: f32,
+    scratch: &mut BlockScratch,
+) {
     let d = geo.head_dim;
     let g = states.len();
-    let n = n_valid;
+    let base = range.start;
+    let n = range.end.saturating_sub(range.start);
     assert!(d <= MAX_HEAD_DIM, "head_dim {d} > {MAX_HEAD_DIM}");
-    assert!(kv_head < geo.n_head_kv && n <= geo.block_tokens);
-    assert!(q.len() >= g * d && scores.len() >= g * n);
+    assert!(kv_head < geo.n_head_kv && range.end <= geo.block_tokens);
+    assert!(q.len() >= g * d);
+    if scratch.scores.len() < g * n {
+        scratch.scores.resize(g * n, 0.0);
+    }
+    if scratch.tile.len() < TILE * d {
+        scratch.tile.resize(TILE * d, 0.0);
+        scratch.accbuf.resize(SG * d, 0.0);
+    }
+    let BlockScratch {
+        tile,
+        accbuf,
+        w,
+        scores,
+    } = scratch;
     assert!(
         block.len() >= geo.layout(dtype).used_bytes,
         "block too short"
@@ -605,22 +738,26 @@ pub fn attend_block_gqa(
     if n == 0 || g == 0 {
         return;
     }
-    let mut tile = [0.0f32; TILE * MAX_HEAD_DIM];
     let mut rs = [0.0f32; TILE];
-    let mut w = [0.0f32; TILE];
     // Pass 1: scores. A tile of decoded K rows serves every query of the group.
     let mut t0 = 0;
     while t0 < n {
         let c = TILE.min(n - t0);
-        for i in 0..c {
-            let row = &mut tile[i * d..][..d];
-            rs[i] = decode_raw(geo, dtype, block, false, kv_head, t0 + i, row) * scale;
-        }
+        decode_tile(
+            geo,
+            dtype,
+            block,
+            false,
+            kv_head,
+            base + t0,
+            c,
+            tile,
+            &mut rs,
+        );
+        crate::kernels::dots_multi(&q[..g * d], d, &tile[..c * d], c, &mut scores[t0..], n);
         for gi in 0..g {
-            let sc = &mut scores[gi * n + t0..][..c];
-            crate::kernels::dots_strided(&q[gi * d..][..d], &tile[..c * d], d, sc);
-            for (s, r) in sc.iter_mut().zip(&rs[..c]) {
-                *s *= r;
+            for (s, r) in scores[gi * n + t0..][..c].iter_mut().zip(&rs[..c]) {
+                *s *= r * scale;
             }
         }
         t0 += c;
@@ -639,28 +776,45 @@ pub fn attend_block_gqa(
             st.l *= corr;
             st.acc.iter_mut().for_each(|a| *a *= corr);
         }
-        for x in sc.iter_mut() {
-            *x = (*x - new_m).exp();
-            st.l += *x;
-        }
+        st.l += crate::kernels::exp_shift_sum(sc, new_m);
         st.m = new_m;
     }
-    // Pass 2: values. A tile of decoded V rows serves every query of the group; the fp8 row
-    // scale goes into the weight.
-    let mut t0 = 0;
-    while t0 < n {
-        let c = TILE.min(n - t0);
-        for i in 0..c {
-            let row = &mut tile[i * d..][..d];
-            rs[i] = decode_raw(geo, dtype, block, true, kv_head, t0 + i, row);
+    // Pass 2: values, for up to SG query heads at a time whose accumulators sit in one
+    // contiguous buffer. A tile of decoded V rows serves all of them; the fp8 row scale goes
+    // into the weight. Each accumulator element gets one FMA per row, rows in order, whatever
+    // the grouping.
+    for sg0 in (0..g).step_by(SG) {
+        let sgn = SG.min(g - sg0);
+        let group = &mut states[sg0..sg0 + sgn];
+        for (j, st) in group.iter().enumerate() {
+            accbuf[j * d..(j + 1) * d].copy_from_slice(&st.acc);
         }
-        for (gi, st) in states.iter_mut().enumerate() {
-            for i in 0..c {
-                w[i] = scores[gi * n + t0 + i] * rs[i];
+        let mut t0 = 0;
+        while t0 < n {
+            let c = TILE.min(n - t0);
+            decode_tile(
+                geo,
+                dtype,
+                block,
+                true,
+                kv_head,
+                base + t0,
+                c,
+                tile,
+                &mut rs,
+            );
+            for j in 0..sgn {
+                let sc = &scores[(sg0 + j) * n + t0..][..c];
+                for i in 0..c {
+                    w[j * TILE + i] = sc[i] * rs[i];
+                }
             }
-            crate::kernels::axpys_strided(&w[..c], &tile[..c * d], d, &mut st.acc);
+            crate::kernels::axpys_multi(w, TILE, &tile[..c * d], c, &mut accbuf[..sgn * d], d);
+            t0 += c;
         }
-        t0 += c;
+        for (j, st) in group.iter_mut().enumerate() {
+            st.acc.copy_from_slice(&accbuf[j * d..(j + 1) * d]);
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! # Frame arena
 //!
-//! [`FrameArena`] owns a fixed number of equally sized block frames carved out of **one**
-//! allocation made at construction (`frames = budget / frame_size`, never resized), each frame
-//! starting on a 4096-byte boundary so it can be handed to `O_DIRECT` reads and writes. It maps
+//! [`FrameArena`] owns a fixed number of equally sized block frames (`frames = budget /
+//! frame_size`, never resized), each a 4096-aligned [`AlignedBuf`] so it can be handed to
+//! `O_DIRECT` reads and writes. A frame's memory is allocated the first time the frame is used
+//! and kept from then on, so RSS follows the frames actually used, never more than the budget. It maps
 //! [`BlockId`]s to frames, counts pins (a pinned frame is never evicted: tail blocks still being
 //! filled, blocks held by the running attention pass) and tracks a [`FrameState`] per frame.
 //!
@@ -18,9 +19,11 @@
 //!   arena only tracks these states, the caller owns the write-behind queue.
 //! - a block is resident in at most one frame.
 //!
-//! The arena is free of `unsafe`: the frames are sub-slices of one `Vec<u8>` over-allocated by
-//! 4095 bytes and started at the first 4096-aligned address inside it; the vector is never grown,
-//! so its buffer never moves.
+//! Frames are `Arc<AlignedBuf>` so the I/O thread can work on them without copies: a sealed
+//! block's frame is *shared* with the writer ([`FrameArena::share`]; sealed blocks are immutable,
+//! so the attention pass keeps reading it while it is written), and a frame being filled by a
+//! read is *lent* ([`FrameArena::lend`] / [`FrameArena::restore`]): the reader owns it alone
+//! until it comes back. The arena is free of `unsafe`.
 //!
 //! # Eviction: why [`NextUse`] is the default
 //!
@@ -63,7 +66,9 @@
 //! S3-FIFO and ARC resist one-shot scans but degrade to FIFO/LRU on a loop larger than the cache;
 //! CLOCK-Pro approximates the same reuse-distance rule with more machinery and state.
 
+use super::disk::AlignedBuf;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Alignment of every frame (O_DIRECT needs the logical block size; 4096 covers all our disks).
 pub const FRAME_ALIGN: usize = 4096;
@@ -361,6 +366,17 @@ impl EvictionPolicy for NextUse {
     }
 }
 
+/// Where a frame's memory is.
+#[derive(Debug)]
+enum FrameBuf {
+    /// Not allocated yet (the frame was never used).
+    Unallocated,
+    /// Here, possibly shared with a writer.
+    Here(Arc<AlignedBuf>),
+    /// Lent to a reader.
+    Lent,
+}
+
 /// Bookkeeping of one frame.
 #[derive(Debug, Clone, Copy)]
 struct FrameMeta {
@@ -383,8 +399,7 @@ pub struct ArenaStats {
 /// The RAM tier: a fixed set of aligned block frames, a block map, pins, states and a policy.
 #[derive(Debug)]
 pub struct FrameArena {
-    buf: Vec<u8>,
-    base: usize,
+    bufs: Vec<FrameBuf>,
     frame_size: usize,
     budget: usize,
     meta: Vec<FrameMeta>,
@@ -407,25 +422,31 @@ impl FrameArena {
         if frame_size == 0 || !frame_size.is_multiple_of(FRAME_ALIGN) {
             return Err(ArenaError::BadFrameSize { frame_size });
         }
-        let n = budget / frame_size;
-        if n == 0 {
+        if budget < frame_size {
             return Err(ArenaError::BudgetTooSmall { budget, frame_size });
         }
-        let bytes = n * frame_size;
-        let total = bytes
-            .checked_add(FRAME_ALIGN - 1)
-            .filter(|&t| t <= isize::MAX as usize)
-            .ok_or(ArenaError::OutOfMemory { bytes })?;
-        // `vec![0; n]` asks the allocator for zeroed memory (calloc / fresh mmap pages on
-        // Linux): frames cost resident memory only once written, never more than the budget.
-        let buf = vec![0u8; total];
-        let base = buf.as_ptr().align_offset(FRAME_ALIGN);
-        if base >= FRAME_ALIGN {
-            return Err(ArenaError::OutOfMemory { bytes });
+        Self::new_or_empty(budget, frame_size, policy)
+    }
+
+    /// Like [`Self::new`], but a budget smaller than one frame gives an arena of zero frames
+    /// (every insert fails with [`ArenaError::NoEvictableFrame`]; the caller streams blocks
+    /// through buffers of its own).
+    pub fn new_or_empty(
+        budget: usize,
+        frame_size: usize,
+        policy: Box<dyn EvictionPolicy>,
+    ) -> Result<Self, ArenaError> {
+        if frame_size == 0 || !frame_size.is_multiple_of(FRAME_ALIGN) {
+            return Err(ArenaError::BadFrameSize { frame_size });
         }
+        let n = budget / frame_size;
+        let bytes = n
+            .checked_mul(frame_size)
+            .filter(|&t| t <= isize::MAX as usize)
+            .ok_or(ArenaError::OutOfMemory { bytes: budget })?;
+        let _ = bytes;
         Ok(FrameArena {
-            buf,
-            base,
+            bufs: (0..n).map(|_| FrameBuf::Unallocated).collect(),
             frame_size,
             budget,
             meta: vec![
@@ -545,10 +566,12 @@ impl FrameArena {
     }
 
     fn evict_one(&mut self) -> Result<FrameId, ArenaError> {
-        let meta = &self.meta;
-        let victim = self
-            .policy
-            .choose_victim(&mut |f| meta[f].pins == 0 && meta[f].state == FrameState::Clean);
+        let (meta, bufs) = (&self.meta, &self.bufs);
+        let victim = self.policy.choose_victim(&mut |f| {
+            meta[f].pins == 0
+                && meta[f].state == FrameState::Clean
+                && !matches!(bufs[f], FrameBuf::Lent)
+        });
         let Some(f) = victim else {
             let pinned = self.meta.iter().filter(|m| m.pins > 0).count();
             let unwritten = self
@@ -590,9 +613,9 @@ impl FrameArena {
             return Ok(false);
         };
         let m = self.meta[f];
-        if m.pins > 0 || m.state == FrameState::WriteInFlight {
+        if m.pins > 0 || m.state == FrameState::WriteInFlight || self.is_lent(f) {
             return Err(ArenaError::Contract(format!(
-                "cannot drop {block:?}: {} pins, state {:?}",
+                "cannot drop {block:?}: {} pins, state {:?} (or lent out)",
                 m.pins, m.state
             )));
         }
@@ -673,17 +696,101 @@ impl FrameArena {
         Ok(())
     }
 
-    /// The bytes of `frame` (4096-aligned, `frame_size` long). Panics if `frame` is out of range.
-    pub fn data(&self, frame: FrameId) -> &[u8] {
-        let off = self.base + frame * self.frame_size;
-        &self.buf[off..off + self.frame_size]
+    fn buf_mut(&mut self, frame: FrameId) -> &mut Arc<AlignedBuf> {
+        let size = self.frame_size;
+        let b = &mut self.bufs[frame];
+        if matches!(b, FrameBuf::Unallocated) {
+            *b = FrameBuf::Here(Arc::new(AlignedBuf::zeroed(size)));
+        }
+        match b {
+            FrameBuf::Here(a) => a,
+            _ => panic!("frame {frame} is lent out"),
+        }
+    }
+
+    /// The bytes of `frame` (4096-aligned, `frame_size` long). Panics if `frame` is out of range
+    /// or lent out.
+    pub fn data(&mut self, frame: FrameId) -> &[u8] {
+        &self.buf_mut(frame)[..]
+    }
+
+    /// The bytes of `frame` if it is here and allocated (no allocation, no panic).
+    pub fn try_data(&self, frame: FrameId) -> Option<&[u8]> {
+        match self.bufs.get(frame) {
+            Some(FrameBuf::Here(a)) => Some(&a[..]),
+            _ => None,
+        }
     }
 
     /// The bytes of `frame`, writable (mark the frame dirty if they change a stored block).
-    /// Panics if `frame` is out of range.
+    /// Panics if `frame` is out of range, lent out or shared with a write in flight.
     pub fn data_mut(&mut self, frame: FrameId) -> &mut [u8] {
-        let off = self.base + frame * self.frame_size;
-        &mut self.buf[off..off + self.frame_size]
+        let a = self.buf_mut(frame);
+        &mut Arc::get_mut(a).expect("frame is shared with a write in flight")[..]
+    }
+
+    /// A second handle on the bytes of `frame` for a writer (the frame stays readable; it cannot
+    /// be changed until the handle is dropped).
+    pub fn share(&mut self, frame: FrameId) -> Arc<AlignedBuf> {
+        self.buf_mut(frame).clone()
+    }
+
+    /// Take the buffer of `frame` out (to be filled by a read elsewhere); the frame cannot be
+    /// read until [`Self::restore`].
+    pub fn lend(&mut self, frame: FrameId) -> Arc<AlignedBuf> {
+        self.buf_mut(frame);
+        match std::mem::replace(&mut self.bufs[frame], FrameBuf::Lent) {
+            FrameBuf::Here(a) => a,
+            _ => unreachable!("buf_mut allocated the frame"),
+        }
+    }
+
+    /// Put a buffer (of `frame_size` bytes) back into `frame`, which must be lent out.
+    pub fn restore(&mut self, frame: FrameId, buf: Arc<AlignedBuf>) -> Result<(), ArenaError> {
+        if buf.len() != self.frame_size {
+            return Err(ArenaError::Contract(format!(
+                "restore of {} bytes into a frame of {}",
+                buf.len(),
+                self.frame_size
+            )));
+        }
+        match self.bufs.get_mut(frame) {
+            Some(b @ FrameBuf::Lent) => {
+                *b = FrameBuf::Here(buf);
+                Ok(())
+            }
+            _ => Err(ArenaError::Contract(format!(
+                "frame {frame} is not lent out"
+            ))),
+        }
+    }
+
+    /// Replace the buffer of `frame` by `buf` (same size) and return the old one: moves a filled
+    /// block in without a copy.
+    pub fn swap(
+        &mut self,
+        frame: FrameId,
+        buf: Arc<AlignedBuf>,
+    ) -> Result<Arc<AlignedBuf>, ArenaError> {
+        if buf.len() != self.frame_size {
+            return Err(ArenaError::Contract(format!(
+                "swap of {} bytes into a frame of {}",
+                buf.len(),
+                self.frame_size
+            )));
+        }
+        let old = self.buf_mut(frame);
+        Ok(std::mem::replace(old, buf))
+    }
+
+    /// Whether `frame`'s buffer is lent out.
+    pub fn is_lent(&self, frame: FrameId) -> bool {
+        matches!(self.bufs.get(frame), Some(FrameBuf::Lent))
+    }
+
+    /// Number of frames with no block.
+    pub fn free_count(&self) -> usize {
+        self.free.len()
     }
 }
 

@@ -98,12 +98,12 @@ impl Llama {
 
 impl Model for Llama {
     fn kv_geometry(&self, n_ctx: usize) -> KvGeometry {
-        KvGeometry {
-            n_layer: self.cfg.n_layer,
-            n_head_kv: self.cfg.n_head_kv,
-            head_dim: self.cfg.head_dim,
+        KvGeometry::dense(
+            self.cfg.n_layer,
+            self.cfg.n_head_kv,
+            self.cfg.head_dim,
             n_ctx,
-        }
+        )
     }
 
     fn n_vocab(&self) -> usize {

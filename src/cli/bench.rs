@@ -1,0 +1,275 @@
+//! `kvspool bench decode`: fill the KV cache to N tokens with synthetic keys and values (no
+//! prefill), then time decode steps through the tiered store.
+//!
+//! The synthetic K/V have per-channel structure like real rotated keys: every (layer, KV head,
+//! channel) has its own mean and spread, with one channel in sixteen an outlier (large mean and
+//! spread), and values are centred with a smaller spread. They go through the same `append`
+//! path as real ones (quantized on append, sealed, written behind), so block bytes, scales,
+//! key bounds and disk traffic are exactly those of a real run of the same geometry.
+
+use super::kvopts::{kv_json, kv_table, meminfo_kib, self_status_bytes, CommonKv};
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use kvspool::kv::{AttnQuery, KvCache, KvGeometry};
+use kvspool::model::LogitsFor;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Time decode steps over a KV cache filled to --context tokens with synthetic K/V.
+    Decode(DecodeArgs),
+}
+
+#[derive(Args)]
+pub struct DecodeArgs {
+    /// GGUF model: supplies the geometry and runs its full layer stack per step
+    /// [default: the cached SmolLM2 unless --geometry is given].
+    #[arg(long, short = 'm', conflicts_with = "geometry")]
+    model: Option<PathBuf>,
+    /// Run the attention path alone at a known model's geometry, without weights.
+    #[arg(long, value_parser = ["gpt-oss-20b"])]
+    geometry: Option<String>,
+    /// Tokens in the cache before the timed steps.
+    #[arg(long)]
+    context: usize,
+    /// Decode steps to time.
+    #[arg(short = 'n', long = "steps", default_value_t = 8)]
+    n: usize,
+    /// Seed of the synthetic K/V and queries.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the per-layer KV table to stderr.
+    #[arg(long)]
+    stats: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    kv: CommonKv,
+}
+
+pub fn main(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Decode(a) => decode(a),
+    }
+}
+
+/// xorshift64* with a cheap approximately normal draw (Irwin–Hall of 4 uniforms).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let s = self.uniform() + self.uniform() + self.uniform() + self.uniform();
+        (s - 2.0) * 1.732
+    }
+}
+
+/// Per-channel statistics of one layer's synthetic keys and values.
+struct Channels {
+    k_mean: Vec<f32>,
+    k_std: Vec<f32>,
+    v_std: Vec<f32>,
+}
+
+impl Channels {
+    fn new(rng: &mut Rng, row: usize) -> Self {
+        let mut k_mean = Vec::with_capacity(row);
+        let mut k_std = Vec::with_capacity(row);
+        let mut v_std = Vec::with_capacity(row);
+        for c in 0..row {
+            let outlier = c % 16 == 5;
+            k_mean.push(rng.normal() * if outlier { 4.0 } else { 0.5 });
+            k_std.push(if outlier { 2.0 } else { 0.5 + rng.uniform() });
+            v_std.push(0.2 + 0.6 * rng.uniform());
+        }
+        Channels {
+            k_mean,
+            k_std,
+            v_std,
+        }
+    }
+
+    fn sample(&self, rng: &mut Rng, k: &mut [f32], v: &mut [f32]) {
+        for c in 0..k.len() {
+            k[c] = self.k_mean[c] + self.k_std[c] * rng.normal();
+            v[c] = self.v_std[c] * rng.normal();
+        }
+    }
+}
+
+fn gpt_oss_20b(n_ctx: usize) -> (KvGeometry, usize) {
+    let mut g = KvGeometry::dense(24, 8, 64, n_ctx);
+    for (il, w) in g.windows.iter_mut().enumerate() {
+        if il % 2 == 0 {
+            *w = Some(128);
+        }
+    }
+    (g, 64)
+}
+
+fn decode(a: DecodeArgs) -> Result<()> {
+    a.kv.validate()?;
+    super::set_threads(a.kv.threads)?;
+    if a.context == 0 {
+        bail!("--context must be at least 1");
+    }
+    if a.n == 0 {
+        bail!("-n/--steps must be at least 1");
+    }
+    let n_ctx = a.kv.ctx.unwrap_or(a.context + a.n).max(a.context + a.n);
+    let loaded = match &a.geometry {
+        Some(_) => None,
+        None => {
+            let path = super::model_path(&super::ModelArg {
+                model: a.model.clone(),
+            })?;
+            Some(kvspool::model::load(&path)?)
+        }
+    };
+    let (geo, n_head, fp) = match &loaded {
+        None => {
+            let (g, h) = gpt_oss_20b(n_ctx);
+            (g, h, 0x6770_742d_6f73_73u64)
+        }
+        Some(l) => {
+            let g = l.model.kv_geometry(n_ctx);
+            let h = l.config.n_head();
+            (g, h, super::fingerprint(&l.file))
+        }
+    };
+    let kv_total = {
+        let full = geo.windows.iter().filter(|w| w.is_none()).count();
+        let bpv = match a.kv.kv_dtype.as_str() {
+            "f32" => 4,
+            "f16" => 2,
+            _ => 1,
+        };
+        (full * 2 * geo.row_len() * bpv * n_ctx) as u64
+    };
+    let ram = a.kv.ram_bytes(|| kv_total + (64 << 20))?;
+    let (mut kv, _tmp) = a.kv.build(geo.clone(), ram, fp, 512)?;
+    let rss0 = self_status_bytes("VmRSS:").unwrap_or(0);
+
+    // Fill, layer after layer (the order a dense decode pass reads).
+    let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let row = geo.row_len();
+    let chans: Vec<Channels> = (0..geo.n_layer)
+        .map(|_| Channels::new(&mut rng, row))
+        .collect();
+    let (mut k, mut v) = (vec![0.0f32; row], vec![0.0f32; row]);
+    let t_fill = Instant::now();
+    for (layer, ch) in chans.iter().enumerate() {
+        for _ in 0..a.context {
+            ch.sample(&mut rng, &mut k, &mut v);
+            kv.append(layer, &k, &v)?;
+        }
+    }
+    let fill_s = t_fill.elapsed().as_secs_f64();
+    kv.flush()?;
+    kv.reset_counters();
+    let cached0 = meminfo_kib("Cached:").unwrap_or(0);
+
+    let d = geo.head_dim;
+    let sinks: Vec<f32> = (0..n_head).map(|_| rng.normal()).collect();
+    let mut q = vec![0.0f32; n_head * d];
+    let mut out = vec![0.0f32; n_head * d];
+    let mut logits = Vec::new();
+    let mut step_ms = Vec::with_capacity(a.n);
+    let mut checksum = 0.0f64;
+    let mut token = 1u32;
+    let t_dec = Instant::now();
+    for step in 0..a.n {
+        let pos = a.context + step;
+        let t = Instant::now();
+        match &loaded {
+            None => {
+                for (layer, ch) in chans.iter().enumerate() {
+                    ch.sample(&mut rng, &mut k, &mut v);
+                    kv.append(layer, &k, &v)?;
+                    q.iter_mut().for_each(|x| *x = rng.normal());
+                    let qy = AttnQuery {
+                        q: &q,
+                        n_tokens: 1,
+                        pos0: pos,
+                        n_head,
+                        scale: 1.0 / (d as f32).sqrt(),
+                        sinks: Some(&sinks),
+                        window: geo.windows[layer],
+                    };
+                    kv.attend(layer, &qy, &mut out)?;
+                    checksum += out[0] as f64;
+                }
+            }
+            Some(l) => {
+                l.model
+                    .forward(&[token], pos, &mut kv, LogitsFor::Last, &mut logits)?;
+                token = logits
+                    .iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.total_cmp(y.1))
+                    .map_or(0, |(i, _)| i as u32);
+                checksum += logits.first().copied().unwrap_or(0.0) as f64;
+            }
+        }
+        step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let decode_s = t_dec.elapsed().as_secs_f64();
+    let cached1 = meminfo_kib("Cached:").unwrap_or(0);
+    let stats = KvCache::stats(&kv).unwrap_or_default();
+    let mut sorted = step_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let peak_rss = self_status_bytes("VmHWM:").unwrap_or(0);
+    let growth = cached1.saturating_sub(cached0) * 1024;
+    if a.json {
+        let v = json!({
+            "context": a.context,
+            "steps": a.n,
+            "geometry": a.geometry.clone().unwrap_or_else(|| "model".into()),
+            "timings": {"fill_s": fill_s, "decode_s": decode_s, "decode_tok_s": a.n as f64 / decode_s,
+                        "step_ms": step_ms, "median_step_ms": median},
+            "kv": kv_json(&stats),
+            "kv_total_bytes": kv_total,
+            "rss_before_fill_bytes": rss0,
+            "peak_rss_bytes": peak_rss,
+            "page_cache_growth_bytes": growth,
+            "checksum": checksum,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "context {} steps {}: {:.3} tok/s (median step {:.1} ms), hit rate {:.2}% ({} hits, {} prefetch, {} late, {} misses of {} blocks), stall {:.3}s, read {} ({:.2} GB/s over decode), peak RSS {}, page cache +{}",
+            a.context,
+            a.n,
+            a.n as f64 / decode_s,
+            median,
+            stats.hit_rate * 100.0,
+            stats.hits,
+            stats.prefetch_hits,
+            stats.late,
+            stats.misses,
+            stats.blocks_read,
+            stats.stall_s,
+            kvspool::units::format_size(stats.bytes_read),
+            stats.bytes_read as f64 / decode_s / 1e9,
+            kvspool::units::format_size(peak_rss),
+            kvspool::units::format_size(growth),
+        );
+    }
+    if a.stats {
+        eprint!("{}", kv_table(&stats));
+    }
+    drop(kv);
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The KV options shared by `run`, `logits` and `bench` (CLI.md, "Common KV options"), turned
+//! into a [`TieredKv`], and the `kv` report (JSON object, `--stats` table).
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kvspool::kv::disk::BackendKind;
+use kvspool::kv::format::KvDtype;
+use kvspool::kv::{KvGeometry, KvStats, PolicyKind, TieredConfig, TieredKv};
+use kvspool::units::{format_size, parse_size};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonKv {
+    /// Maximum context in tokens [default: the model's context_length].
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// RAM budget for KV blocks, e.g. 512MiB [default: what `kvspool plan` picks for this machine].
+    #[arg(long)]
+    pub kv_ram: Option<String>,
+    /// Directory of the KV disk tier [default: a temporary directory under the cache, removed at exit].
+    #[arg(long)]
+    pub kv_disk: Option<PathBuf>,
+    /// KV storage format.
+    #[arg(long, default_value = "fp8", value_parser = ["f32", "f16", "fp8"])]
+    pub kv_dtype: String,
+    /// Disk backend: pread (O_DIRECT), uring (io_uring, O_DIRECT), mmap.
+    #[arg(long, default_value = "uring", value_parser = ["pread", "uring", "mmap"])]
+    pub kv_backend: String,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 64)]
+    pub block_tokens: usize,
+    /// Which blocks a full-attention layer reads.
+    #[arg(long, default_value = "dense", value_parser = ["dense", "sparse"])]
+    pub attention: String,
+    /// The prefetcher.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub prefetch: String,
+    /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
+    #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
+    pub kv_policy: String,
+    /// Compute threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write one JSON line per (step, layer) with the KV counters (docs/trace-format.md).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// Removes a directory at drop (the default disk tier directory).
+pub struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Total RAM of this machine from /proc/meminfo.
+pub fn machine_ram() -> Option<u64> {
+    meminfo_kib("MemTotal:").map(|k| k * 1024)
+}
+
+/// A field of /proc/meminfo, in KiB.
+pub fn meminfo_kib(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A field of /proc/self/status (VmHWM, VmRSS), in bytes.
+pub fn self_status_bytes(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = s
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+impl CommonKv {
+    pub fn dtype(&self) -> Result<KvDtype> {
+        self.kv_dtype
+            .parse::<KvDtype>()
+            .map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))
+    }
+
+    /// Check the options that do not need the model.
+    pub fn validate(&self) -> Result<()> {
+        if self.attention == "sparse" {
+            bail!("--attention sparse is not available in this build yet (query-aware block selection is the next milestone); use --attention dense");
+        }
+        if self.block_tokens == 0 || self.block_tokens > 4096 {
+            bail!(
+                "--block-tokens {} is out of range: use 1..=4096 (64 is the default)",
+                self.block_tokens
+            );
+        }
+        if let Some(r) = &self.kv_ram {
+            parse_size(r).with_context(|| format!("--kv-ram {r:?}"))?;
+        }
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The RAM budget: `--kv-ram`, else `default` (the plan's pick).
+    pub fn ram_bytes(&self, default: impl FnOnce() -> u64) -> Result<u64> {
+        match &self.kv_ram {
+            Some(r) => parse_size(r).with_context(|| format!("--kv-ram {r:?}")),
+            None => Ok(default()),
+        }
+    }
+
+    /// Build the cache for `geo`. `max_batch` is the largest prefill chunk.
+    pub fn build(
+        &self,
+        geo: KvGeometry,
+        ram_bytes: u64,
+        fingerprint: u64,
+        max_batch: usize,
+    ) -> Result<(TieredKv, TempDir)> {
+        let (dir, guard) = match &self.kv_disk {
+            Some(d) => (d.clone(), TempDir(None)),
+            None => {
+                let d = kvspool::paths::cache_dir()
+                    .join("kv-tmp")
+                    .join(format!("run-{}", std::process::id()));
+                (d.clone(), TempDir(Some(d)))
+            }
+        };
+        let mut cfg = TieredConfig::new(ram_bytes as usize, dir);
+        cfg.dtype = self.dtype()?;
+        cfg.block_tokens = self.block_tokens;
+        cfg.backend = match self.kv_backend.as_str() {
+            "pread" => BackendKind::Pread,
+            "mmap" => BackendKind::Mmap,
+            _ => BackendKind::Uring,
+        };
+        cfg.prefetch = self.prefetch == "on";
+        cfg.policy = if self.kv_policy == "lru" {
+            PolicyKind::Lru
+        } else {
+            PolicyKind::NextUse
+        };
+        cfg.fingerprint = fingerprint;
+        cfg.trace = self.trace.clone();
+        cfg.max_batch = max_batch.max(1);
+        let kv = TieredKv::new(geo, cfg)?;
+        Ok((kv, guard))
+    }
+}
+
+/// The `kv` object of CLI.md (plus extra fields).
+pub fn kv_json(s: &KvStats) -> Value {
+    json!({
+        "dtype": s.dtype,
+        "ram_budget_bytes": s.ram_budget_bytes,
+        "ram_peak_bytes": s.ram_peak_bytes,
+        "disk_bytes": s.disk_bytes,
+        "blocks_read": s.blocks_read,
+        "hits": s.hits,
+        "prefetch_hits": s.prefetch_hits,
+        "late": s.late,
+        "misses": s.misses,
+        "hit_rate": s.hit_rate,
+        "stall_s": s.stall_s,
+        "bytes_read": s.bytes_read,
+        "bytes_written": s.bytes_written,
+        "evictions": s.evictions,
+        "write_behind_max": s.write_behind_max,
+        "frame_bytes": s.frame_bytes,
+        "frames": s.frames,
+        "pinned_bytes": s.pinned_bytes,
+        "bounds_bytes": s.bounds_bytes,
+        "policy": s.policy,
+        "backend": s.backend,
+        "prefetch": s.prefetch,
+    })
+}
+
+/// The `--stats` table: one row per layer that read blocks, then the totals.
+pub fn kv_table(s: &KvStats) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "KV: {} blocks, {} frames of {} (budget {}, peak {}), pinned {}, key bounds {}, policy {}, backend {}, prefetch {}\n",
+        s.dtype,
+        s.frames,
+        format_size(s.frame_bytes),
+        format_size(s.ram_budget_bytes),
+        format_size(s.ram_peak_bytes),
+        format_size(s.pinned_bytes),
+        format_size(s.bounds_bytes),
+        s.policy,
+        s.backend,
+        if s.prefetch { "on" } else { "off" },
+    ));
+    o.push_str(&format!(
+        "{:>5} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>11} {:>9}\n",
+        "layer",
+        "blocks",
+        "hits",
+        "prefetch",
+        "late",
+        "misses",
+        "hit%",
+        "read",
+        "written",
+        "stall_s"
+    ));
+    let row = |o: &mut String, name: String, l: &kvspool::kv::LayerStats| {
+        o.push_str(&format!(
+            "{:>5} {:>10} {:>10} {:>10} {:>8} {:>10} {:>7.2}% {:>11} {:>11} {:>9.3}\n",
+            name,
+            l.blocks_read,
+            l.hits,
+            l.prefetch_hits,
+            l.late,
+            l.misses,
+            l.hit_rate() * 100.0,
+            format_size(l.bytes_read),
+            format_size(l.bytes_written),
+            l.stall_ns as f64 * 1e-9
+        ));
+    };
+    let mut tot = kvspool::kv::LayerStats::default();
+    for (i, l) in s.layers.iter().enumerate() {
+        if l.blocks_read > 0 || l.bytes_written > 0 {
+            row(&mut o, i.to_string(), l);
+        }
+        tot.blocks_read += l.blocks_read;
+        tot.hits += l.hits;
+        tot.prefetch_hits += l.prefetch_hits;
+        tot.late += l.late;
+        tot.misses += l.misses;
+        tot.bytes_read += l.bytes_read;
+        tot.bytes_written += l.bytes_written;
+        tot.stall_ns += l.stall_ns;
+    }
+    row(&mut o, "all".into(), &tot);
+    o.push_str(&format!(
+        "evictions {}, write-behind depth max {}\n",
+        s.evictions, s.write_behind_max
+    ));
+    o
+}

@@ -1,0 +1,1527 @@
+//! The tiered KV cache: quantized blocks in a bounded RAM tier, everything sealed also on disk.
+//!
+//! # Data flow
+//!
+//! - **append**: a position's K/V rows are encoded ([`encode_token`]) into the layer's *tail*
+//!   buffer, a slot-sized aligned buffer outside the RAM budget (one per layer: "pinned
+//!   frames"), and the layer's key bounds are widened. When the tail is full the block is
+//!   *sealed*: a full-attention layer moves the buffer into an arena frame without a copy
+//!   ([`FrameArena::swap`]), marks it `WriteInFlight` and hands a shared handle to the I/O thread
+//!   (write-behind); the frame becomes evictable only when the write completed. A
+//!   sliding-window layer pushes the block onto its RAM ring instead; rings never touch the disk.
+//! - **attend**: the blocks a query batch can see are visited in position order, a chunk at a
+//!   time. A chunk's store blocks are pinned: resident ones are hits (or prefetch hits, or
+//!   *late* if their prefetch is still in flight), the others are demand misses read in one
+//!   batch through the I/O thread into frames the policy frees (or, when the budget has no frame
+//!   to give, into staging buffers that are not cached). While a chunk is read, the next chunk's
+//!   reads are issued (prefetch on); at the end of a layer, the first chunk of the next
+//!   full-attention layer is.
+//! - **compute**: for every (query token, KV head) and block, the block's attention is computed
+//!   from a fresh state ([`attend_block_range`]: FP8/FP16 decoded inside the kernel, a K/V row
+//!   decoded once for the whole GQA group), and the per-block states are merged into the running
+//!   state in block order (log-sum-exp merge). Blocks of a chunk run in parallel.
+//!
+//! # Invariants
+//!
+//! - **exact tiering:** the arithmetic per (token, head) is the same sequence of operations
+//!   whatever the chunking, the residency, the backend or the prefetcher did, so outputs are
+//!   bit-identical for every `--kv-ram`, `--kv-backend` and `--prefetch` (tested);
+//! - **bounded RAM:** cached blocks live only in arena frames (`frames = ram_bytes / slot_bytes`);
+//!   tails, rings and staging buffers are the fixed extra ([`KvStats::pinned_bytes`]); key bounds
+//!   are [`KvStats::bounds_bytes`];
+//! - **nothing unverified:** a block read from disk is used only after its checksum verified; a
+//!   failed read or write poisons the cache: every later call returns the error;
+//! - a frame is evicted only when unpinned, clean (its write completed) and not lent to a read.
+
+use super::disk::{AlignedBuf, BackendKind, DiskError, DiskGeometry, DiskTier};
+use super::format::{
+    attend_block_range, decode_k_row, encode_token, BlockGeometry, BlockLayout, BlockScratch,
+    KeyBounds, KvDtype, MAX_HEAD_DIM,
+};
+use super::io::{self, IoDone, IoReq, Target};
+use super::policy::{
+    ArenaError, BlockId, EvictionPolicy, FrameArena, FrameId, FrameState, Lru, NextUse,
+};
+use super::{AttnQuery, KvCache, KvError, KvGeometry};
+use crate::kernels::attention::AttnState;
+use crossbeam_channel::{Receiver, Sender};
+use rayon::prelude::*;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Which eviction policy the RAM tier uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Belady-informed next-use prediction (the default; scan resistant).
+    NextUse,
+    /// Least recently used (the baseline).
+    Lru,
+}
+
+impl PolicyKind {
+    fn build(self) -> Box<dyn EvictionPolicy> {
+        match self {
+            PolicyKind::NextUse => Box::new(NextUse::new()),
+            PolicyKind::Lru => Box::new(Lru::new()),
+        }
+    }
+}
+
+/// How to build a [`TieredKv`].
+#[derive(Debug, Clone)]
+pub struct TieredConfig {
+    /// Storage format of K and V.
+    pub dtype: KvDtype,
+    /// Positions per block.
+    pub block_tokens: usize,
+    /// RAM budget for cached blocks, in bytes.
+    pub ram_bytes: usize,
+    /// Directory of the disk tier file (created if missing).
+    pub dir: PathBuf,
+    /// Disk backend.
+    pub backend: BackendKind,
+    /// Whether the prefetcher runs.
+    pub prefetch: bool,
+    /// Eviction policy.
+    pub policy: PolicyKind,
+    /// Tell the policy the pass order (Belady hints); ignored by LRU.
+    pub hints: bool,
+    /// Fingerprint of the model, stored in the file header.
+    pub fingerprint: u64,
+    /// Write one JSON line per (step, layer) here (see docs/trace-format.md).
+    pub trace: Option<PathBuf>,
+    /// Largest query batch `attend` gets (sliding-window rings keep `window + max_batch`
+    /// positions).
+    pub max_batch: usize,
+}
+
+impl TieredConfig {
+    /// Defaults: fp8, 64-token blocks, next-use policy with hints, prefetch on, uring.
+    pub fn new(ram_bytes: usize, dir: impl Into<PathBuf>) -> Self {
+        TieredConfig {
+            dtype: KvDtype::Fp8,
+            block_tokens: 64,
+            ram_bytes,
+            dir: dir.into(),
+            backend: BackendKind::Uring,
+            prefetch: true,
+            policy: PolicyKind::NextUse,
+            hints: true,
+            fingerprint: 0,
+            trace: None,
+            max_batch: 512,
+        }
+    }
+}
+
+/// Counters of one layer (or of all layers summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LayerStats {
+    /// Store blocks the attention passes read (tail and ring blocks are not counted).
+    pub blocks_read: u64,
+    /// Found resident (not brought by a prefetch).
+    pub hits: u64,
+    /// Found resident, brought by a prefetch that completed in time.
+    pub prefetch_hits: u64,
+    /// Prefetched but still in flight when needed (waited for).
+    pub late: u64,
+    /// Not resident: read on demand.
+    pub misses: u64,
+    /// Bytes read from disk (slots, checksums included).
+    pub bytes_read: u64,
+    /// Bytes written to disk.
+    pub bytes_written: u64,
+    /// Time the pass waited for reads, in nanoseconds.
+    pub stall_ns: u64,
+}
+
+impl LayerStats {
+    fn add(&mut self, o: &LayerStats) {
+        self.blocks_read += o.blocks_read;
+        self.hits += o.hits;
+        self.prefetch_hits += o.prefetch_hits;
+        self.late += o.late;
+        self.misses += o.misses;
+        self.bytes_read += o.bytes_read;
+        self.bytes_written += o.bytes_written;
+        self.stall_ns += o.stall_ns;
+    }
+
+    fn sub(&self, o: &LayerStats) -> LayerStats {
+        LayerStats {
+            blocks_read: self.blocks_read - o.blocks_read,
+            hits: self.hits - o.hits,
+            prefetch_hits: self.prefetch_hits - o.prefetch_hits,
+            late: self.late - o.late,
+            misses: self.misses - o.misses,
+            bytes_read: self.bytes_read - o.bytes_read,
+            bytes_written: self.bytes_written - o.bytes_written,
+            stall_ns: self.stall_ns - o.stall_ns,
+        }
+    }
+
+    /// `(hits + prefetch_hits) / (hits + prefetch_hits + late + misses)`, or 1 with no reads.
+    pub fn hit_rate(&self) -> f64 {
+        let all = self.hits + self.prefetch_hits + self.late + self.misses;
+        if all == 0 {
+            1.0
+        } else {
+            (self.hits + self.prefetch_hits) as f64 / all as f64
+        }
+    }
+}
+
+/// What a [`KvCache`] reports: the `kv` object of `run --json` (CLI.md) and more.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KvStats {
+    /// Storage format.
+    pub dtype: String,
+    /// The RAM budget for cached blocks.
+    pub ram_budget_bytes: u64,
+    /// Highest bytes of cached blocks resident at once (≤ the budget).
+    pub ram_peak_bytes: u64,
+    /// Bytes of the disk tier file (reserved).
+    pub disk_bytes: u64,
+    /// Store blocks read by attention passes.
+    pub blocks_read: u64,
+    /// Resident hits.
+    pub hits: u64,
+    /// Prefetch hits.
+    pub prefetch_hits: u64,
+    /// Prefetches still in flight when needed.
+    pub late: u64,
+    /// Demand misses.
+    pub misses: u64,
+    /// `(hits + prefetch_hits) / (hits + prefetch_hits + late + misses)`.
+    pub hit_rate: f64,
+    /// Seconds attention waited for reads.
+    pub stall_s: f64,
+    /// Bytes read from disk.
+    pub bytes_read: u64,
+    /// Bytes written to disk.
+    pub bytes_written: u64,
+    /// Blocks evicted from the RAM tier.
+    pub evictions: u64,
+    /// Most block writes in flight at once (write-behind depth).
+    pub write_behind_max: u64,
+    /// Bytes of one frame (one disk slot).
+    pub frame_bytes: u64,
+    /// Frames of the RAM tier.
+    pub frames: u64,
+    /// Fixed RAM outside the budget: tail buffers, sliding-window rings, staging buffers (peak).
+    pub pinned_bytes: u64,
+    /// RAM of the per-block key bounds.
+    pub bounds_bytes: u64,
+    /// Eviction policy.
+    pub policy: String,
+    /// Disk backend (and whether it bypasses the page cache).
+    pub backend: String,
+    /// Whether the prefetcher ran.
+    pub prefetch: bool,
+    /// Per-layer counters.
+    pub layers: Vec<LayerStats>,
+}
+
+/// A sealed block of a full-attention layer.
+#[derive(Debug, Clone)]
+struct Sealed {
+    slot: u64,
+    bounds: KeyBounds,
+}
+
+#[derive(Debug)]
+struct LayerKv {
+    len: usize,
+    /// Storage: `None` = full attention (tiered store), `Some(w)` = sliding window (RAM ring).
+    window: Option<usize>,
+    sealed: Vec<Sealed>,
+    /// Sliding layers: sealed blocks still visible, `(block index, bytes)`, oldest first.
+    ring: VecDeque<(usize, Arc<AlignedBuf>)>,
+    tail: Arc<AlignedBuf>,
+    tail_bounds: KeyBounds,
+}
+
+#[derive(Debug, Default, Clone)]
+struct FrameInfo {
+    /// The buffer is with the I/O thread.
+    loading: bool,
+    /// Brought by a prefetch and not used since.
+    prefetched: bool,
+    /// Pinned by the prefetcher (released when the pass takes it).
+    prefetch_pin: bool,
+    /// The read into this frame failed.
+    error: Option<String>,
+}
+
+/// A block held by the running pass.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Frame(FrameId),
+    Staging(usize),
+}
+
+static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The tiered KV cache (see the module docs).
+pub struct TieredKv {
+    geo: KvGeometry,
+    bgeo: BlockGeometry,
+    layout: BlockLayout,
+    cfg: TieredConfig,
+    slot_bytes: usize,
+    layers: Vec<LayerKv>,
+    arena: FrameArena,
+    finfo: Vec<FrameInfo>,
+    tx: Option<Sender<IoReq>>,
+    done: Receiver<IoDone>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+    backend_desc: String,
+    next_slot: u64,
+    free_slots: Vec<u64>,
+    capacity: u64,
+    writes_in_flight: usize,
+    reads_in_flight: usize,
+    write_behind_max: usize,
+    prefetch_pinned: usize,
+    staging: Vec<Option<Arc<AlignedBuf>>>,
+    staging_res: Vec<Option<Result<(), String>>>,
+    spare: Vec<Arc<AlignedBuf>>,
+    pinned_peak: usize,
+    evictions_base: u64,
+    stats: Vec<LayerStats>,
+    poisoned: Option<String>,
+    step: u64,
+    pass_len: u64,
+    trace: Option<std::io::BufWriter<std::fs::File>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for TieredKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredKv")
+            .field("geo", &self.geo)
+            .field("dtype", &self.cfg.dtype)
+            .field("frames", &self.arena.frame_count())
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn dtype_id(d: KvDtype) -> u32 {
+    match d {
+        KvDtype::F32 => 0,
+        KvDtype::F16 => 1,
+        KvDtype::Fp8 => 2,
+    }
+}
+
+fn arena_err(e: ArenaError) -> KvError {
+    KvError::Contract(e.to_string())
+}
+
+impl TieredKv {
+    /// A cache for `geo` configured by `cfg`; creates the disk tier file in `cfg.dir`.
+    pub fn new(geo: KvGeometry, cfg: TieredConfig) -> Result<Self, KvError> {
+        Self::new_with_disk(geo, cfg, DiskTier::create)
+    }
+
+    /// Like [`Self::new`], with the disk tier file created by `create(path, geometry, backend)`
+    /// (tests wrap the backend in a [`super::disk::FaultyBackend`]).
+    pub fn new_with_disk(
+        geo: KvGeometry,
+        cfg: TieredConfig,
+        create: impl FnOnce(&Path, DiskGeometry, BackendKind) -> Result<DiskTier, DiskError>,
+    ) -> Result<Self, KvError> {
+        if geo.windows.len() != geo.n_layer {
+            return Err(KvError::Contract(format!(
+                "geometry has {} layers but {} window entries",
+                geo.n_layer,
+                geo.windows.len()
+            )));
+        }
+        if geo.head_dim > MAX_HEAD_DIM {
+            return Err(KvError::Contract(format!(
+                "head_dim {} > {MAX_HEAD_DIM}",
+                geo.head_dim
+            )));
+        }
+        if cfg.block_tokens == 0 || cfg.block_tokens > 4096 {
+            return Err(KvError::Config(format!(
+                "--block-tokens {} is out of range: use 1..=4096 (64 is the default)",
+                cfg.block_tokens
+            )));
+        }
+        let bgeo = BlockGeometry {
+            block_tokens: cfg.block_tokens,
+            n_head_kv: geo.n_head_kv,
+            head_dim: geo.head_dim,
+        };
+        bgeo.validate()?;
+        let layout = bgeo.layout(cfg.dtype);
+        let dgeo = DiskGeometry {
+            fingerprint: cfg.fingerprint,
+            n_layer: geo.n_layer as u32,
+            n_head_kv: geo.n_head_kv as u32,
+            head_dim: geo.head_dim as u32,
+            block_tokens: cfg.block_tokens as u32,
+            dtype_id: dtype_id(cfg.dtype),
+            payload_bytes: layout.used_bytes as u32,
+        };
+        let slot_bytes = dgeo.slot_bytes() as usize;
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| {
+            KvError::Disk(DiskError::NotWritable {
+                path: cfg.dir.clone(),
+                source,
+            })
+        })?;
+        let path = cfg.dir.join(format!(
+            "kvspool-{}-{}.kvtier",
+            std::process::id(),
+            FILE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let disk = create(&path, dgeo, cfg.backend)?;
+        let backend_desc = format!("{} ({:?})", disk.backend_name(), disk.io_mode());
+        let arena = FrameArena::new_or_empty(cfg.ram_bytes, slot_bytes, cfg.policy.build())
+            .map_err(arena_err)?;
+        let (tx, done, thread) = io::spawn(disk).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            KvError::Failed(format!("could not start the KV I/O thread: {e}"))
+        })?;
+        let layers = geo
+            .windows
+            .iter()
+            .map(|&window| LayerKv {
+                len: 0,
+                window,
+                sealed: Vec::new(),
+                ring: VecDeque::new(),
+                tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
+                tail_bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
+            })
+            .collect();
+        let trace = match &cfg.trace {
+            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+                |e| KvError::Config(format!("cannot create trace file {}: {e}", p.display())),
+            )?)),
+            None => None,
+        };
+        let frames = arena.frame_count();
+        let mut kv = TieredKv {
+            stats: vec![LayerStats::default(); geo.n_layer],
+            geo,
+            bgeo,
+            layout,
+            slot_bytes,
+            layers,
+            finfo: vec![FrameInfo::default(); frames],
+            arena,
+            tx: Some(tx),
+            done,
+            thread: Some(thread),
+            path,
+            backend_desc,
+            next_slot: 0,
+            free_slots: Vec::new(),
+            capacity: 0,
+            writes_in_flight: 0,
+            reads_in_flight: 0,
+            write_behind_max: 0,
+            prefetch_pinned: 0,
+            staging: Vec::new(),
+            staging_res: Vec::new(),
+            spare: Vec::new(),
+            pinned_peak: 0,
+            evictions_base: 0,
+            poisoned: None,
+            step: 0,
+            pass_len: 0,
+            trace,
+            started: Instant::now(),
+            cfg,
+        };
+        kv.note_pinned();
+        Ok(kv)
+    }
+
+    /// The disk tier file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The block geometry.
+    pub fn block_geometry(&self) -> &BlockGeometry {
+        &self.bgeo
+    }
+
+    /// Key bounds of block `index` of `layer` (sealed, or the tail), if it exists.
+    pub fn key_bounds(&self, layer: usize, index: usize) -> Option<&KeyBounds> {
+        let l = self.layers.get(layer)?;
+        if let Some(s) = l.sealed.get(index) {
+            return Some(&s.bounds);
+        }
+        (index == l.len / self.bgeo.block_tokens && !l.len.is_multiple_of(self.bgeo.block_tokens))
+            .then_some(&l.tail_bounds)
+    }
+
+    fn pinned_bytes_now(&self) -> usize {
+        let rings: usize = self.layers.iter().map(|l| l.ring.len()).sum();
+        (self.layers.len() + rings + self.staging.len() + self.spare.len()) * self.slot_bytes
+    }
+
+    fn note_pinned(&mut self) {
+        self.pinned_peak = self.pinned_peak.max(self.pinned_bytes_now());
+    }
+
+    fn bounds_bytes(&self) -> usize {
+        let per = 2 * self.geo.n_head_kv * self.geo.head_dim * 4;
+        self.layers.iter().map(|l| (l.sealed.len() + 1) * per).sum()
+    }
+
+    fn check(&self) -> Result<(), KvError> {
+        match &self.poisoned {
+            Some(m) => Err(KvError::Failed(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison<T>(&mut self, e: KvError) -> Result<T, KvError> {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(e.to_string());
+        }
+        Err(e)
+    }
+
+    fn send(&mut self, req: IoReq) -> Result<(), KvError> {
+        let ok = self.tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
+        if ok {
+            Ok(())
+        } else {
+            self.poison(KvError::Failed("the KV I/O thread stopped".into()))
+        }
+    }
+
+    /// Handle every completion that arrived, without waiting.
+    fn poll(&mut self) -> Result<(), KvError> {
+        while let Ok(d) = self.done.try_recv() {
+            self.handle(d)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for one completion and handle it.
+    fn wait_one(&mut self) -> Result<(), KvError> {
+        match self.done.recv() {
+            Ok(d) => self.handle(d),
+            Err(_) => self.poison(KvError::Failed("the KV I/O thread stopped".into())),
+        }
+    }
+
+    fn handle(&mut self, d: IoDone) -> Result<(), KvError> {
+        match d {
+            IoDone::Write {
+                frame,
+                id,
+                res,
+                bytes,
+            } => {
+                self.writes_in_flight -= 1;
+                self.stats[id.layer as usize].bytes_written += bytes;
+                if let Err(e) = res {
+                    return self.poison(KvError::Disk(e));
+                }
+                if let Some(f) = frame {
+                    self.arena.complete_write(f).map_err(arena_err)?;
+                }
+            }
+            IoDone::Read {
+                target,
+                id,
+                buf,
+                res,
+                demand,
+                bytes,
+            } => {
+                self.reads_in_flight -= 1;
+                self.stats[id.layer as usize].bytes_read += bytes;
+                match target {
+                    Target::Frame(f) => {
+                        self.arena.restore(f, buf).map_err(arena_err)?;
+                        let fi = &mut self.finfo[f];
+                        fi.loading = false;
+                        match res {
+                            Ok(()) => fi.prefetched = !demand,
+                            Err(e) => fi.error = Some(e.to_string()),
+                        }
+                    }
+                    Target::Staging(k) => {
+                        self.staging[k] = Some(buf);
+                        self.staging_res[k] = Some(res.map_err(|e| e.to_string()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure the file has room for `slot`.
+    fn ensure_slot(&mut self, slot: u64) -> Result<(), KvError> {
+        if slot < self.capacity {
+            return Ok(());
+        }
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        self.send(IoReq::Reserve {
+            slots: slot + 1,
+            reply: rtx,
+        })?;
+        match rrx.recv() {
+            Ok(Ok(c)) => {
+                self.capacity = c;
+                Ok(())
+            }
+            Ok(Err(e)) => self.poison(KvError::Disk(e)),
+            Err(_) => self.poison(KvError::Failed("the KV I/O thread stopped".into())),
+        }
+    }
+
+    /// A frame for `id` in `state`, waiting for write-behind to free one if needed; `None` if
+    /// the RAM tier has none to give (all pinned, or a budget below one frame).
+    fn insert_frame(&mut self, id: BlockId, state: FrameState) -> Result<Option<FrameId>, KvError> {
+        loop {
+            match self.arena.insert(id, state) {
+                Ok(f) => {
+                    self.finfo[f] = FrameInfo::default();
+                    return Ok(Some(f));
+                }
+                Err(ArenaError::NoEvictableFrame { .. }) => {
+                    if self.writes_in_flight > 0 {
+                        self.wait_one()?;
+                    } else {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(arena_err(e)),
+            }
+        }
+    }
+
+    fn fresh_buf(&mut self) -> Arc<AlignedBuf> {
+        match self.spare.pop() {
+            Some(mut b) => {
+                if let Some(m) = Arc::get_mut(&mut b) {
+                    m.fill(0);
+                    return b;
+                }
+                Arc::new(AlignedBuf::zeroed(self.slot_bytes))
+            }
+            None => Arc::new(AlignedBuf::zeroed(self.slot_bytes)),
+        }
+    }
+
+    /// The tail of `layer` is full: move it to the ring or to the store (write-behind).
+    fn seal(&mut self, layer: usize) -> Result<(), KvError> {
+        let bt = self.bgeo.block_tokens;
+        let index = self.layers[layer].len / bt - 1;
+        let fresh = self.fresh_buf();
+        if self.layers[layer].window.is_some() {
+            let keep_from = self.layers[layer]
+                .len
+                .saturating_sub(self.layers[layer].window.unwrap_or(0) + self.cfg.max_batch);
+            let l = &mut self.layers[layer];
+            let full = std::mem::replace(&mut l.tail, fresh);
+            l.ring.push_back((index, full));
+            l.tail_bounds.reset();
+            // No batch of up to `max_batch` queries can see blocks ending before `keep_from`.
+            while l
+                .ring
+                .front()
+                .is_some_and(|(i, _)| (i + 1) * bt <= keep_from)
+            {
+                if let Some((_, buf)) = l.ring.pop_front() {
+                    self.spare.push(buf);
+                }
+            }
+            self.spare.truncate(4);
+            self.note_pinned();
+            return Ok(());
+        }
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.next_slot;
+                self.ensure_slot(s)?;
+                self.next_slot += 1;
+                s
+            }
+        };
+        let l = &mut self.layers[layer];
+        let bounds = std::mem::replace(
+            &mut l.tail_bounds,
+            KeyBounds::new(self.geo.n_head_kv, self.geo.head_dim),
+        );
+        l.sealed.push(Sealed { slot, bounds });
+        let id = BlockId::new(layer as u32, index as u32);
+        let payload = self.layout.used_bytes;
+        match self.insert_frame(id, FrameState::Dirty)? {
+            Some(f) => {
+                let full = std::mem::replace(&mut self.layers[layer].tail, fresh);
+                let old = self.arena.swap(f, full).map_err(arena_err)?;
+                self.spare.push(old);
+                self.arena.begin_write(f).map_err(arena_err)?;
+                let buf = self.arena.share(f);
+                self.writes_in_flight += 1;
+                self.write_behind_max = self.write_behind_max.max(self.writes_in_flight);
+                self.send(IoReq::Write {
+                    frame: Some(f),
+                    id,
+                    slot,
+                    buf,
+                    payload,
+                })?;
+            }
+            None => {
+                // No frame: write from the tail itself and wait (tiny budgets only).
+                let full = std::mem::replace(&mut self.layers[layer].tail, fresh);
+                self.writes_in_flight += 1;
+                self.write_behind_max = self.write_behind_max.max(self.writes_in_flight);
+                self.send(IoReq::Write {
+                    frame: None,
+                    id,
+                    slot,
+                    buf: full.clone(),
+                    payload,
+                })?;
+                while Arc::strong_count(&full) > 1 {
+                    self.wait_one()?;
+                }
+                self.spare.push(full);
+            }
+        }
+        self.note_pinned();
+        Ok(())
+    }
+
+    /// Frames a pass holds at once, and the prefetch depth, for `n_tokens` queries.
+    fn chunk_plan(&self, n_tokens: usize, n_head: usize) -> (usize, usize) {
+        let frames = self.arena.frame_count();
+        // Per-block partial states of one chunk stay under ~8 MiB.
+        let per_block = n_tokens * n_head * (self.geo.head_dim + 2) * 4;
+        let by_mem = ((8usize << 20) / per_block.max(1)).max(1);
+        let chunk = (frames / 4).clamp(1, 32).min(by_mem);
+        let pf = if self.cfg.prefetch && frames >= 3 * chunk {
+            chunk
+        } else {
+            0
+        };
+        (chunk, pf)
+    }
+
+    /// Start reads of the store blocks `ids` that are not resident, up to the prefetch depth.
+    fn prefetch(&mut self, ids: &[BlockId], depth: usize) -> Result<(), KvError> {
+        for &id in ids {
+            if self.prefetch_pinned >= depth {
+                break;
+            }
+            if self.arena.frame_of(id).is_some() {
+                continue;
+            }
+            let Some(slot) = self
+                .layers
+                .get(id.layer as usize)
+                .and_then(|l| l.sealed.get(id.index as usize))
+                .map(|s| s.slot)
+            else {
+                continue;
+            };
+            let f = match self.arena.insert(id, FrameState::Clean) {
+                Ok(f) => f,
+                Err(ArenaError::NoEvictableFrame { .. }) => break,
+                Err(e) => return Err(arena_err(e)),
+            };
+            self.finfo[f] = FrameInfo {
+                loading: true,
+                prefetch_pin: true,
+                ..FrameInfo::default()
+            };
+            self.arena.pin(f).map_err(arena_err)?;
+            self.prefetch_pinned += 1;
+            let buf = self.arena.lend(f);
+            self.reads_in_flight += 1;
+            self.send(IoReq::Read {
+                target: Target::Frame(f),
+                id,
+                slot,
+                buf,
+                demand: false,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn staging_slot(&mut self) -> usize {
+        if let Some(k) = self.staging.iter().position(|s| s.is_some()) {
+            return k;
+        }
+        self.staging
+            .push(Some(Arc::new(AlignedBuf::zeroed(self.slot_bytes))));
+        self.staging_res.push(None);
+        self.note_pinned();
+        self.staging.len() - 1
+    }
+
+    /// Pin the store blocks `ids` of a chunk (reading the missing ones), then start the
+    /// prefetch of `next`, then wait until every block is here.
+    fn acquire(
+        &mut self,
+        ids: &[BlockId],
+        next: &[BlockId],
+        pf_depth: usize,
+        held: &mut Vec<Held>,
+    ) -> Result<(), KvError> {
+        held.clear();
+        let mut busy_staging = Vec::new();
+        for &id in ids {
+            let layer = id.layer as usize;
+            let slot = self.layers[layer].sealed[id.index as usize].slot;
+            self.stats[layer].blocks_read += 1;
+            if let Some(f) = self.arena.lookup(id) {
+                self.arena.pin(f).map_err(arena_err)?;
+                let fi = &mut self.finfo[f];
+                if fi.prefetch_pin {
+                    fi.prefetch_pin = false;
+                    self.prefetch_pinned -= 1;
+                    self.arena.unpin(f).map_err(arena_err)?;
+                }
+                let fi = &mut self.finfo[f];
+                let st = &mut self.stats[layer];
+                if fi.loading {
+                    st.late += 1;
+                } else if fi.prefetched {
+                    fi.prefetched = false;
+                    st.prefetch_hits += 1;
+                } else {
+                    st.hits += 1;
+                }
+                held.push(Held::Frame(f));
+                continue;
+            }
+            self.stats[layer].misses += 1;
+            match self.insert_frame(id, FrameState::Clean)? {
+                Some(f) => {
+                    self.arena.pin(f).map_err(arena_err)?;
+                    if self.cfg.hints {
+                        self.arena.hint_next_use(id, self.pass_len.max(1));
+                    }
+                    self.finfo[f].loading = true;
+                    let buf = self.arena.lend(f);
+                    self.reads_in_flight += 1;
+                    self.send(IoReq::Read {
+                        target: Target::Frame(f),
+                        id,
+                        slot,
+                        buf,
+                        demand: true,
+                    })?;
+                    held.push(Held::Frame(f));
+                }
+                None => {
+                    let k = self.staging_slot();
+                    let buf = self.staging[k].take().expect("free staging buffer");
+                    self.staging_res[k] = None;
+                    busy_staging.push(k);
+                    self.reads_in_flight += 1;
+                    self.send(IoReq::Read {
+                        target: Target::Staging(k),
+                        id,
+                        slot,
+                        buf,
+                        demand: true,
+                    })?;
+                    held.push(Held::Staging(k));
+                }
+            }
+        }
+        if pf_depth > 0 {
+            self.prefetch(next, pf_depth)?;
+        }
+        let t0 = Instant::now();
+        let mut waited = false;
+        loop {
+            let pending = held.iter().any(|h| match *h {
+                Held::Frame(f) => self.finfo[f].loading,
+                Held::Staging(k) => self.staging_res[k].is_none(),
+            });
+            if !pending {
+                break;
+            }
+            waited = true;
+            self.wait_one()?;
+        }
+        if waited {
+            let layer = ids[0].layer as usize;
+            self.stats[layer].stall_ns += t0.elapsed().as_nanos() as u64;
+        }
+        for h in held.iter() {
+            let err = match *h {
+                Held::Frame(f) => self.finfo[f].error.clone(),
+                Held::Staging(k) => self.staging_res[k].clone().and_then(|r| r.err()),
+            };
+            if let Some(e) = err {
+                return self.poison(KvError::Failed(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, held: &[Held]) -> Result<(), KvError> {
+        for h in held {
+            match *h {
+                Held::Frame(f) => self.arena.unpin(f).map_err(arena_err)?,
+                Held::Staging(k) => self.staging_res[k] = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the policy when each resident block is next read, from the pass order of a step
+    /// that starts at `layer`: `ahead` = its offset in the pass.
+    fn hint_pass(&mut self, layer: usize) {
+        let n = self.layers.len();
+        let mut start = vec![0u64; n];
+        let mut acc = 0u64;
+        for k in 0..n {
+            let l = (layer + k) % n;
+            start[l] = acc;
+            if self.layers[l].window.is_none() {
+                acc += self.layers[l].sealed.len() as u64;
+            }
+        }
+        self.pass_len = acc;
+        if !self.cfg.hints || self.arena.free_count() > 0 {
+            return;
+        }
+        for f in 0..self.arena.frame_count() {
+            if let Some(b) = self.arena.block_of(f) {
+                let ahead = start[b.layer as usize] + u64::from(b.index) + 1;
+                self.arena.hint_next_use(b, ahead);
+            }
+        }
+    }
+
+    fn next_store_layer(&self, layer: usize) -> Option<usize> {
+        let n = self.layers.len();
+        (1..=n)
+            .map(|k| (layer + k) % n)
+            .find(|&l| self.layers[l].window.is_none())
+    }
+
+    fn write_trace(&mut self, layer: usize, n_tokens: usize, d: &LayerStats, ev: u64, dur: f64) {
+        let Some(w) = self.trace.as_mut() else { return };
+        let line = serde_json::json!({
+            "step": self.step,
+            "layer": layer,
+            "t_s": self.started.elapsed().as_secs_f64(),
+            "dur_s": dur,
+            "n_tokens": n_tokens,
+            "blocks_read": d.blocks_read,
+            "hits": d.hits,
+            "prefetch_hits": d.prefetch_hits,
+            "late": d.late,
+            "misses": d.misses,
+            "bytes_read": d.bytes_read,
+            "bytes_written": d.bytes_written,
+            "stall_s": d.stall_ns as f64 * 1e-9,
+            "evictions": ev,
+            "write_behind": self.writes_in_flight,
+            "ram_resident_bytes": self.arena.resident_bytes(),
+            "ram_peak_bytes": self.arena.ram_peak_bytes(),
+        });
+        if writeln!(w, "{line}").is_err() {
+            tracing::warn!("could not write the KV trace; tracing stops");
+            self.trace = None;
+        }
+    }
+
+    /// Wait for every read and write in flight.
+    fn drain(&mut self) -> Result<(), KvError> {
+        while self.reads_in_flight + self.writes_in_flight > 0 {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
+
+    /// Make every sealed block durable on disk (waits for write-behind, then fsync).
+    pub fn flush(&mut self) -> Result<(), KvError> {
+        self.check()?;
+        self.drain()?;
+        let (rtx, rrx) = crossbeam_channel::bounded(1);
+        self.send(IoReq::Sync { reply: rtx })?;
+        match rrx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => self.poison(KvError::Disk(e)),
+            Err(_) => self.poison(KvError::Failed("the KV I/O thread stopped".into())),
+        }
+    }
+
+    /// Read block `index` of `layer` (sealed) into `dst` synchronously (truncate).
+    fn load_block(&mut self, layer: usize, index: usize) -> Result<Arc<AlignedBuf>, KvError> {
+        let id = BlockId::new(layer as u32, index as u32);
+        let mut buf = self.fresh_buf();
+        if let Some(f) = self.arena.frame_of(id) {
+            if let (Some(src), Some(dst)) = (self.arena.try_data(f), Arc::get_mut(&mut buf)) {
+                dst.copy_from_slice(src);
+                return Ok(buf);
+            }
+        }
+        let slot = self.layers[layer].sealed[index].slot;
+        let k = self.staging_slot();
+        let sbuf = self.staging[k].take().expect("free staging buffer");
+        self.staging_res[k] = None;
+        self.reads_in_flight += 1;
+        self.send(IoReq::Read {
+            target: Target::Staging(k),
+            id,
+            slot,
+            buf: sbuf,
+            demand: true,
+        })?;
+        while self.staging_res[k].is_none() {
+            self.wait_one()?;
+        }
+        if let Some(Err(e)) = self.staging_res[k].take() {
+            return self.poison(KvError::Failed(e));
+        }
+        if let (Some(src), Some(dst)) = (self.staging[k].as_ref(), Arc::get_mut(&mut buf)) {
+            dst.copy_from_slice(src);
+        }
+        Ok(buf)
+    }
+
+    fn truncate_inner(&mut self, n: usize) -> Result<(), KvError> {
+        self.drain()?;
+        // Release prefetch pins: the blocks stay cached, unpinned.
+        for f in 0..self.finfo.len() {
+            if self.finfo[f].prefetch_pin {
+                self.finfo[f].prefetch_pin = false;
+                self.arena.unpin(f).map_err(arena_err)?;
+            }
+        }
+        self.prefetch_pinned = 0;
+        let bt = self.bgeo.block_tokens;
+        for layer in 0..self.layers.len() {
+            let len = self.layers[layer].len;
+            if n >= len {
+                continue;
+            }
+            let keep = n / bt;
+            let rem = n % bt;
+            // The block that becomes the tail, if the cut is inside a sealed block.
+            let new_tail = if rem > 0 && keep < self.layers[layer].sealed.len() {
+                Some(self.load_block(layer, keep)?)
+            } else if rem > 0 && self.layers[layer].window.is_some() {
+                self.layers[layer]
+                    .ring
+                    .iter()
+                    .find(|(i, _)| *i == keep)
+                    .map(|(_, b)| b.clone())
+            } else {
+                None
+            };
+            let l = &mut self.layers[layer];
+            // Drop sealed blocks from `keep` on (their slots are reused).
+            for (i, s) in l.sealed.drain(keep.min(l.sealed.len())..).enumerate() {
+                self.free_slots.push(s.slot);
+                let id = BlockId::new(layer as u32, (keep + i) as u32);
+                self.arena.remove(id).map_err(arena_err)?;
+            }
+            l.ring.retain(|(i, _)| *i < keep);
+            if let Some(t) = new_tail {
+                l.tail = if Arc::strong_count(&t) == 1 {
+                    t
+                } else {
+                    let mut c = AlignedBuf::zeroed(t.len());
+                    c.copy_from_slice(&t);
+                    Arc::new(c)
+                };
+            } else if rem == 0 {
+                if let Some(m) = Arc::get_mut(&mut l.tail) {
+                    m.fill(0);
+                } else {
+                    l.tail = Arc::new(AlignedBuf::zeroed(self.slot_bytes));
+                }
+            }
+            // Recompute the tail's key bounds over its first `rem` positions.
+            l.tail_bounds.reset();
+            let mut key = [0.0f32; MAX_HEAD_DIM];
+            let d = self.geo.head_dim;
+            for t in 0..rem {
+                for h in 0..self.geo.n_head_kv {
+                    decode_k_row(&self.bgeo, self.cfg.dtype, &l.tail, h, t, &mut key[..d]);
+                    l.tail_bounds.update(h, &key[..d]);
+                }
+            }
+            l.len = n;
+        }
+        Ok(())
+    }
+
+    /// Zero the counters (hits, misses, bytes, stall, write-behind depth) and start a new
+    /// RAM peak from what is resident now, e.g. after a benchmark's fill.
+    pub fn reset_counters(&mut self) {
+        self.stats
+            .iter_mut()
+            .for_each(|s| *s = LayerStats::default());
+        self.write_behind_max = self.writes_in_flight;
+        self.evictions_base = self.arena.stats().evictions;
+    }
+
+    /// Counters and sizes so far.
+    pub fn kv_stats(&self) -> KvStats {
+        let mut tot = LayerStats::default();
+        for s in &self.stats {
+            tot.add(s);
+        }
+        KvStats {
+            dtype: self.cfg.dtype.name().into(),
+            ram_budget_bytes: self.cfg.ram_bytes as u64,
+            ram_peak_bytes: self.arena.ram_peak_bytes() as u64,
+            disk_bytes: self.capacity * self.slot_bytes as u64 + super::disk::HEADER_BYTES,
+            blocks_read: tot.blocks_read,
+            hits: tot.hits,
+            prefetch_hits: tot.prefetch_hits,
+            late: tot.late,
+            misses: tot.misses,
+            hit_rate: tot.hit_rate(),
+            stall_s: tot.stall_ns as f64 * 1e-9,
+            bytes_read: tot.bytes_read,
+            bytes_written: tot.bytes_written,
+            evictions: self.arena.stats().evictions - self.evictions_base,
+            write_behind_max: self.write_behind_max as u64,
+            frame_bytes: self.slot_bytes as u64,
+            frames: self.arena.frame_count() as u64,
+            pinned_bytes: self.pinned_peak as u64,
+            bounds_bytes: self.bounds_bytes() as u64,
+            policy: self.arena.policy_name().into(),
+            backend: self.backend_desc.clone(),
+            prefetch: self.cfg.prefetch,
+            layers: self.stats.clone(),
+        }
+    }
+}
+
+/// The fixed inputs of one attention call.
+struct Pass<'a> {
+    bgeo: BlockGeometry,
+    dtype: KvDtype,
+    q: &'a AttnQuery<'a>,
+    group: usize,
+    n_kv: usize,
+}
+
+impl Pass<'_> {
+    /// Slots of block `b` that query token `t` sees (may be empty).
+    fn range(&self, b: usize, t: usize, len: usize) -> std::ops::Range<usize> {
+        let bt = self.bgeo.block_tokens;
+        let p = self.q.pos0 + t;
+        let lo = self.q.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let start = lo.max(b * bt);
+        let end = (p + 1).min((b + 1) * bt).min(len);
+        if start >= end {
+            0..0
+        } else {
+            start - b * bt..end - b * bt
+        }
+    }
+
+    /// Attention of token `t`'s heads of KV head `g` over one block, from a fresh state.
+    fn partial(
+        &self,
+        t: usize,
+        g: usize,
+        block: &[u8],
+        r: std::ops::Range<usize>,
+        parts: &mut [AttnState],
+        scratch: &mut BlockScratch,
+    ) {
+        let d = self.bgeo.head_dim;
+        for s in parts.iter_mut() {
+            s.reset();
+        }
+        let h0 = t * self.q.n_head + g * self.group;
+        attend_block_range(
+            parts,
+            &self.q.q[h0 * d..(h0 + self.group) * d],
+            block,
+            &self.bgeo,
+            self.dtype,
+            g,
+            r,
+            self.q.scale,
+            scratch,
+        );
+    }
+
+    /// Merge the blocks of one chunk (in order) into the running `states`.
+    fn run_chunk(&self, blocks: &[(usize, &[u8])], len: usize, states: &mut [AttnState]) {
+        let (n_tokens, group, n_kv) = (self.q.n_tokens, self.group, self.n_kv);
+        let d = self.bgeo.head_dim;
+        if n_tokens <= 2 {
+            // Decode: parallel over (block, token, KV head), then merge in block order.
+            let tasks = blocks.len() * n_tokens * n_kv;
+            let parts: Vec<Option<Vec<AttnState>>> = (0..tasks)
+                .into_par_iter()
+                .map_init(
+                    || BlockScratch::new(&self.bgeo, group),
+                    |scratch, i| {
+                        let (bi, rest) = (i / (n_tokens * n_kv), i % (n_tokens * n_kv));
+                        let (t, g) = (rest / n_kv, rest % n_kv);
+                        let (b, data) = blocks[bi];
+                        let r = self.range(b, t, len);
+                        if r.is_empty() {
+                            return None;
+                        }
+                        let mut p = vec![AttnState::new(d); group];
+                        self.partial(t, g, data, r, &mut p, scratch);
+                        Some(p)
+                    },
+                )
+                .collect();
+            for bi in 0..blocks.len() {
+                for t in 0..n_tokens {
+                    for g in 0..n_kv {
+                        if let Some(p) = &parts[(bi * n_tokens + t) * n_kv + g] {
+                            let h0 = t * self.q.n_head + g * group;
+                            for (s, ps) in states[h0..h0 + group].iter_mut().zip(p) {
+                                s.merge(ps);
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            // Prefill: parallel over groups of TG query tokens; inside, blocks in order and a
+            // K/V tile decoded once serves every token of the group and its GQA heads (a
+            // state's arithmetic does not depend on how many states share the call).
+            const TG: usize = 16;
+            let n_head = self.q.n_head;
+            states
+                .par_chunks_mut(TG * n_head)
+                .enumerate()
+                .for_each_init(
+                    || {
+                        (
+                            vec![0.0f32; TG * n_head * d],
+                            vec![AttnState::new(d); TG * group],
+                            BlockScratch::new(&self.bgeo, TG * group),
+                        )
+                    },
+                    |(qg, parts, scratch), (gi, st)| {
+                        let t0 = gi * TG;
+                        let tn = st.len() / n_head;
+                        // Queries regrouped as [kv head][token][head of the group][channel].
+                        for g in 0..n_kv {
+                            for t in 0..tn {
+                                let src = ((t0 + t) * n_head + g * group) * d;
+                                let dst = (g * tn + t) * group * d;
+                                qg[dst..dst + group * d]
+                                    .copy_from_slice(&self.q.q[src..src + group * d]);
+                            }
+                        }
+                        for &(b, data) in blocks {
+                            let r0 = self.range(b, t0, len);
+                            let same = (1..tn).all(|t| self.range(b, t0 + t, len) == r0);
+                            for g in 0..n_kv {
+                                if same {
+                                    if r0.is_empty() {
+                                        continue;
+                                    }
+                                    let p = &mut parts[..tn * group];
+                                    p.iter_mut().for_each(AttnState::reset);
+                                    attend_block_range(
+                                        p,
+                                        &qg[g * tn * group * d..(g + 1) * tn * group * d],
+                                        data,
+                                        &self.bgeo,
+                                        self.dtype,
+                                        g,
+                                        r0.clone(),
+                                        self.q.scale,
+                                        scratch,
+                                    );
+                                    for t in 0..tn {
+                                        let h0 = t * n_head + g * group;
+                                        for (s, ps) in
+                                            st[h0..h0 + group].iter_mut().zip(&p[t * group..])
+                                        {
+                                            s.merge(ps);
+                                        }
+                                    }
+                                } else {
+                                    for t in 0..tn {
+                                        let r = self.range(b, t0 + t, len);
+                                        if r.is_empty() {
+                                            continue;
+                                        }
+                                        let p = &mut parts[..group];
+                                        p.iter_mut().for_each(AttnState::reset);
+                                        let qs = (g * tn + t) * group * d;
+                                        attend_block_range(
+                                            p,
+                                            &qg[qs..qs + group * d],
+                                            data,
+                                            &self.bgeo,
+                                            self.dtype,
+                                            g,
+                                            r,
+                                            self.q.scale,
+                                            scratch,
+                                        );
+                                        let h0 = t * n_head + g * group;
+                                        for (s, ps) in st[h0..h0 + group].iter_mut().zip(p.iter()) {
+                                            s.merge(ps);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    },
+                );
+        }
+    }
+}
+
+impl KvCache for TieredKv {
+    fn geometry(&self) -> &KvGeometry {
+        &self.geo
+    }
+
+    fn len(&self, layer: usize) -> usize {
+        self.layers.get(layer).map_or(0, |l| l.len)
+    }
+
+    fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<(), KvError> {
+        self.check()?;
+        let row = self.geo.row_len();
+        if layer >= self.geo.n_layer || k.len() != row || v.len() != row {
+            return Err(KvError::Contract(format!(
+                "append to layer {layer} with rows of {}/{} values (expected layer < {} and {row})",
+                k.len(),
+                v.len(),
+                self.geo.n_layer
+            )));
+        }
+        if self.layers[layer].len >= self.geo.n_ctx {
+            return Err(KvError::ContextFull {
+                n_ctx: self.geo.n_ctx,
+            });
+        }
+        self.poll()?;
+        let bt = self.bgeo.block_tokens;
+        let l = &mut self.layers[layer];
+        let t = l.len % bt;
+        let Some(tail) = Arc::get_mut(&mut l.tail) else {
+            return Err(KvError::Contract("tail block is shared".into()));
+        };
+        encode_token(
+            &self.bgeo,
+            self.cfg.dtype,
+            tail,
+            t,
+            k,
+            v,
+            Some(&mut l.tail_bounds),
+        )?;
+        l.len += 1;
+        if l.len.is_multiple_of(bt) {
+            self.seal(layer)?;
+        }
+        Ok(())
+    }
+
+    fn attend(&mut self, layer: usize, qy: &AttnQuery<'_>, out: &mut [f32]) -> Result<(), KvError> {
+        self.check()?;
+        let d = self.geo.head_dim;
+        let n_kv = self.geo.n_head_kv;
+        let stored = self.len(layer);
+        let bad = layer >= self.geo.n_layer
+            || qy.n_head == 0
+            || qy.n_tokens == 0
+            || !qy.n_head.is_multiple_of(n_kv)
+            || qy.q.len() != qy.n_tokens * qy.n_head * d
+            || out.len() != qy.q.len()
+            || qy.pos0 + qy.n_tokens > stored
+            || qy.sinks.is_some_and(|s| s.len() != qy.n_head);
+        if bad {
+            return Err(KvError::Contract(format!(
+                "attend on layer {layer}: {} queries at {} with {} heads, {stored} stored",
+                qy.n_tokens, qy.pos0, qy.n_head
+            )));
+        }
+        if let Some(w) = self.layers[layer].window {
+            if qy.window.is_none_or(|qw| qw > w) {
+                return Err(KvError::Contract(format!(
+                    "layer {layer} keeps a window of {w} positions; attend asked for {:?}",
+                    qy.window
+                )));
+            }
+        }
+        self.poll()?;
+        let t_start = Instant::now();
+        let before = self.stats[layer];
+        let ev_before = self.arena.stats().evictions;
+        if layer == 0 {
+            self.step += 1;
+        }
+        let first_store = self.layers.iter().position(|l| l.window.is_none());
+        if first_store == Some(layer) {
+            self.hint_pass(layer);
+        }
+        let bt = self.bgeo.block_tokens;
+        let hi = qy.pos0 + qy.n_tokens - 1;
+        let lo = qy.window.map_or(0, |w| (qy.pos0 + 1).saturating_sub(w));
+        let (b_lo, b_hi) = (lo / bt, hi / bt);
+        let mut states: Vec<AttnState> = (0..qy.n_tokens * qy.n_head)
+            .map(|i| {
+                let mut s = AttnState::new(d);
+                if let Some(sk) = qy.sinks {
+                    s.add_sink(sk[i % qy.n_head]);
+                }
+                s
+            })
+            .collect();
+        let pass = Pass {
+            bgeo: self.bgeo,
+            dtype: self.cfg.dtype,
+            q: qy,
+            group: qy.n_head / n_kv,
+            n_kv,
+        };
+        let (chunk, pf_depth) = self.chunk_plan(qy.n_tokens, qy.n_head);
+        let n_sealed = self.layers[layer].sealed.len();
+        let sliding = self.layers[layer].window.is_some();
+        let mut held = Vec::new();
+        let mut b = b_lo;
+        while b <= b_hi {
+            let end = (b + chunk).min(b_hi + 1);
+            if sliding {
+                let l = &self.layers[layer];
+                let mut blocks: Vec<(usize, &[u8])> = Vec::new();
+                for bi in b..end {
+                    if bi == stored / bt && !stored.is_multiple_of(bt) {
+                        blocks.push((bi, &l.tail[..]));
+                    } else if let Some((_, buf)) = l.ring.iter().find(|(i, _)| *i == bi) {
+                        blocks.push((bi, &buf[..]));
+                    } else {
+                        return Err(KvError::Contract(format!(
+                            "layer {layer}: block {bi} left the sliding-window ring"
+                        )));
+                    }
+                }
+                pass.run_chunk(&blocks, stored, &mut states);
+                b = end;
+                continue;
+            }
+            let ids: Vec<BlockId> = (b..end.min(n_sealed))
+                .map(|i| BlockId::new(layer as u32, i as u32))
+                .collect();
+            let next: Vec<BlockId> = (end..(end + chunk).min(n_sealed))
+                .map(|i| BlockId::new(layer as u32, i as u32))
+                .collect();
+            if !ids.is_empty() {
+                self.acquire(&ids, &next, pf_depth, &mut held)?;
+            } else {
+                held.clear();
+            }
+            {
+                let mut blocks: Vec<(usize, &[u8])> = Vec::with_capacity(end - b);
+                for (i, h) in held.iter().enumerate() {
+                    let data = match *h {
+                        Held::Frame(f) => self.arena.try_data(f),
+                        Held::Staging(k) => self.staging[k].as_deref().map(|x| &x[..]),
+                    };
+                    let Some(data) = data else {
+                        return Err(KvError::Contract("held block has no data".into()));
+                    };
+                    blocks.push((b + i, data));
+                }
+                if end > n_sealed {
+                    // The tail block (partially filled) closes the range.
+                    blocks.push((n_sealed, &self.layers[layer].tail[..]));
+                }
+                pass.run_chunk(&blocks, stored, &mut states);
+            }
+            self.release(&held)?;
+            b = end;
+        }
+        for (s, o) in states.iter().zip(out.chunks_exact_mut(d)) {
+            s.finish(o);
+        }
+        if sliding {
+            // Future queries start at hi + 1: drop ring blocks they cannot see.
+            let w = self.layers[layer].window.unwrap_or(usize::MAX);
+            let first_needed = (hi + 2).saturating_sub(w);
+            let l = &mut self.layers[layer];
+            while l
+                .ring
+                .front()
+                .is_some_and(|(i, _)| (i + 1) * bt <= first_needed)
+            {
+                if let Some((_, buf)) = l.ring.pop_front() {
+                    self.spare.push(buf);
+                }
+            }
+            self.spare.truncate(4);
+        } else if pf_depth > 0 {
+            // While the rest of this layer computes, fetch the next store layer's first chunk.
+            if let Some(nl) = self.next_store_layer(layer) {
+                let ns = self.layers[nl].sealed.len();
+                let ids: Vec<BlockId> = (0..chunk.min(ns))
+                    .map(|i| BlockId::new(nl as u32, i as u32))
+                    .collect();
+                self.prefetch(&ids, pf_depth)?;
+            }
+        }
+        if self.trace.is_some() {
+            let delta = self.stats[layer].sub(&before);
+            let ev = self.arena.stats().evictions - ev_before;
+            self.write_trace(
+                layer,
+                qy.n_tokens,
+                &delta,
+                ev,
+                t_start.elapsed().as_secs_f64(),
+            );
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, n: usize) {
+        if self.poisoned.is_none() {
+            if let Err(e) = self.truncate_inner(n) {
+                self.poisoned.get_or_insert(e.to_string());
+            }
+        }
+    }
+
+    fn stats(&self) -> Option<KvStats> {
+        Some(self.kv_stats())
+    }
+}
+
+impl Drop for TieredKv {
+    fn drop(&mut self) {
+        if let Some(w) = self.trace.as_mut() {
+            let _ = w.flush();
+        }
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
