@@ -65,7 +65,7 @@ fn layout_sizes_offsets_and_alignment() {
             assert_eq!(l.k_values, 0);
             assert_eq!(l.v_values, vals);
             assert_eq!(l.payload_bytes, 2 * vals);
-            let scales = geo.block_tokens * geo.n_head_kv * 4;
+            let scales = geo.block_tokens * geo.n_head_kv * 2;
             if dt == KvDtype::Fp8 {
                 assert_eq!(l.k_scales, Some(2 * vals));
                 assert_eq!(l.v_scales, Some(2 * vals + scales));
@@ -144,8 +144,8 @@ fn round_trips_per_dtype_within_codec_bounds() {
                             KvDtype::F32 => 0.0,
                             KvDtype::F16 => xi.abs() * 2f32.powi(-11) + 2f32.powi(-25),
                             KvDtype::Fp8 => {
-                                (xi.abs() * 2f32.powi(-4) + amax / 448.0 * 2f32.powi(-10))
-                                    * (1.0 + 1e-6)
+                                xi.abs() * 2f32.powi(-4) * (1.0 + 1e-6)
+                                    + amax / 448.0 * 2f32.powi(-10) * (1.0 + 2f32.powi(-7))
                             }
                         };
                         assert!(err <= bound, "{dt} t={t} h={h} v={is_v}: {xi} -> {o}");
@@ -167,12 +167,12 @@ fn f16_clamps_overflow_and_fp8_saturates_nothing_within_a_row() {
     b.push(&[1e6, -1e6, 1.0, 0.0], &[0.0; 4]).unwrap();
     let (k, _) = decode_head(&geo, KvDtype::F16, b.bytes(), 0, 1);
     assert_eq!(k, vec![65504.0, -65504.0, 1.0, 0.0]);
-    // fp8 with a per-row scale: the row's maximum maps to 448 and survives exactly up to the
-    // scale's rounding, however large.
+    // fp8 with a per-row scale: the row's maximum maps to 448 and survives up to the scale's
+    // rounding up to bf16 (< 2^-7 relative), however large.
     let mut b = BlockBuf::new(geo, KvDtype::Fp8).unwrap();
     b.push(&[1e6, -3e5, 1.0, 0.0], &[0.0; 4]).unwrap();
     let (k, v) = decode_head(&geo, KvDtype::Fp8, b.bytes(), 0, 1);
-    assert!((k[0] - 1e6).abs() <= 1.0, "{}", k[0]);
+    assert!((k[0] - 1e6).abs() <= 1e6 * 2f32.powi(-7), "{}", k[0]);
     assert!((k[1] + 3e5).abs() <= 3e5 / 16.0);
     assert_eq!(v, vec![0.0; 4]);
 }
@@ -337,7 +337,11 @@ fn quantized_attention_is_within_the_codec_derived_bound_of_f32() {
         let v: Vec<f32> = rows.iter().flat_map(|r| r.1.clone()).collect();
         let bound = |x: f32, amax: f32| match dt {
             KvDtype::F16 => x.abs() * 2f32.powi(-11) + 2f32.powi(-25),
-            _ => (x.abs() * 2f32.powi(-4) + amax / 448.0 * 2f32.powi(-10)) * (1.0 + 1e-6),
+            // bf16 scale rounded up: the subnormal step grows by < 2^-7.
+            _ => {
+                x.abs() * 2f32.powi(-4) * (1.0 + 1e-6)
+                    + amax / 448.0 * 2f32.powi(-10) * (1.0 + 2f32.powi(-7))
+            }
         };
         let amax = |r: &[f32]| r.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         for _ in 0..8 {
@@ -462,6 +466,17 @@ fn fake_quant(rows: &[f32], n: usize, h: usize, d: usize, bt: usize, how: &str) 
                 let s = match how {
                     "none" => 1.0,
                     "row" => sc(amax(&mut rows[t * rl + hh * d..][..d].iter().copied())),
+                    "row-bf16" => {
+                        // The implemented scale: max/448 rounded up to bf16.
+                        let s = sc(amax(&mut rows[t * rl + hh * d..][..d].iter().copied()));
+                        let b = s.to_bits();
+                        let up = if b & 0xffff == 0 {
+                            b
+                        } else {
+                            (b & 0xffff_0000) + 0x1_0000
+                        };
+                        f32::from_bits(up)
+                    }
                     "row-pow2" => {
                         let s = sc(amax(&mut rows[t * rl + hh * d..][..d].iter().copied()));
                         2f32.powi(s.log2().ceil() as i32)
@@ -504,7 +519,14 @@ fn fp8_scale_granularity_measurement() {
             .collect();
         let mut best = f64::INFINITY;
         let mut row_err = 0.0;
-        for how in ["none", "row", "row-pow2", "token", "block-channel"] {
+        for how in [
+            "none",
+            "row",
+            "row-bf16",
+            "row-pow2",
+            "token",
+            "block-channel",
+        ] {
             let kq = fake_quant(&k, n, h, d, bt, how);
             let vq = fake_quant(&v, n, h, d, bt, how);
             let (mut se, mut sn, mut oe, mut on) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
@@ -542,17 +564,17 @@ fn fp8_scale_granularity_measurement() {
             if how != "none" {
                 best = best.min(or);
             }
-            if how == "row" {
+            if how == "row-bf16" {
                 row_err = or;
             }
         }
         assert!(
             mag != 1.0 || row_err < 0.12,
-            "{regime}: row-scale output error {row_err}"
+            "{regime}: row-bf16 scale output error {row_err}"
         );
         assert!(
             row_err <= best * 1.05,
-            "{regime}: row {row_err} vs best {best}"
+            "{regime}: row-bf16 {row_err} vs best {best}"
         );
     }
 }

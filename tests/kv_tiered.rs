@@ -424,7 +424,10 @@ fn disk_faults_are_clear_errors_and_poison_the_cache() {
         let (mut kv, ctl) = faulty(&geo, c);
         ctl.inject(fault, when);
         let res = fill_and_attend(&mut kv, &geo, &dat, 256);
-        let err = res.expect_err(&format!("{fault:?}: fault must surface: {:?}", kv.kv_stats()));
+        let err = res.expect_err(&format!(
+            "{fault:?}: fault must surface: {:?}",
+            kv.kv_stats()
+        ));
         assert!(err.contains(want), "{fault:?}: {err}");
         assert!(!err.contains('\n'), "one line: {err}");
         // Poisoned: later calls fail too, and never panic.

@@ -140,7 +140,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
     let (geo, n_head, fp) = match &loaded {
         None => {
             let (g, h) = gpt_oss_20b(n_ctx);
-            (g, h, 0x6770_742d_6f73_73u64)
+            (g, h, 0x0067_7074_2d6f_7373_u64)
         }
         Some(l) => {
             let g = l.model.kv_geometry(n_ctx);

@@ -114,6 +114,10 @@ struct RunArgs {
     /// Print one JSON object on stdout instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Write the logits the last token was sampled from to this file (a JSON array), to check
+    /// that runs with different KV settings agree bit for bit.
+    #[arg(long)]
+    final_logits: Option<PathBuf>,
     #[command(flatten)]
     kv: CommonKv,
 }
@@ -396,6 +400,9 @@ fn run(a: RunArgs) -> Result<()> {
     )?;
     if let Some(b) = &bar {
         b.finish_and_clear();
+    }
+    if let Some(p) = &a.final_logits {
+        write_atomic(p, serde_json::to_string(&g.final_logits)?.as_bytes())?;
     }
     if json {
         let t = &g.timings;

@@ -180,6 +180,8 @@ pub struct Generation {
     pub stop_reason: StopReason,
     /// Timings.
     pub timings: Timings,
+    /// The logits the last token was sampled from.
+    pub final_logits: Vec<f32>,
 }
 
 /// Prefill `prompt`, then sample up to `params.max_tokens` tokens, streaming text to `on_text`.
@@ -245,6 +247,7 @@ pub fn generate(
         tokens: out,
         text,
         stop_reason: stop,
+        final_logits: logits,
         timings: Timings {
             prefill_s,
             prefill_tok_s: prompt.len() as f64 / prefill_s.max(1e-9),

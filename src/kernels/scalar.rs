@@ -161,7 +161,7 @@ pub(crate) mod expc {
     pub const P2: f32 = 8.333_452e-3;
     pub const P3: f32 = 4.166_579_6e-2;
     pub const P4: f32 = 1.666_666_5e-1;
-    pub const P5: f32 = 5.000_000_1e-1;
+    pub const P5: f32 = 0.5;
     /// Below this, the result is 0 (it would be subnormal).
     pub const MIN_X: f32 = -87.33;
     /// Above this, the result is clamped (callers pass x ≤ 0).

@@ -9,13 +9,14 @@
 //! |----------|-----------------|-------------|----------------------------|
 //! | K values | `0`             | `H·T·D·e`   | `[head][token][channel]`   |
 //! | V values | `H·T·D·e`       | `H·T·D·e`   | `[head][token][channel]`   |
-//! | K scales | `2·H·T·D·e`     | `H·T·4`     | `[head][token]`, f32 LE (fp8 only) |
-//! | V scales | `+ H·T·4`       | `H·T·4`     | `[head][token]`, f32 LE (fp8 only) |
+//! | K scales | `2·H·T·D·e`     | `H·T·2`     | `[head][token]`, bf16 LE (fp8 only) |
+//! | V scales | `+ H·T·2`       | `H·T·2`     | `[head][token]`, bf16 LE (fp8 only) |
 //! | padding  | end of scales   | to a multiple of [`BLOCK_ALIGN`] | zeros        |
 //!
-//! All multi-byte values are little endian. FP8 is E4M3 with one f32 scale per (token, KV head)
-//! row of K and of V: `value = E4M3(code) · scale`, `scale = max|row| / 448` (1 for an all-zero
-//! row). A token's codes and scales are final when it is appended.
+//! All multi-byte values are little endian. FP8 is E4M3 with one bf16 scale per (token, KV head)
+//! row of K and of V: `value = E4M3(code) · scale`, `scale = max|row| / 448` rounded *up* to
+//! bf16 (1 for an all-zero row), so no code saturates. A token's codes and scales are final
+//! when it is appended.
 //!
 //! Invariants: slot `t` of a block is written only by [`encode_token`] and never rewritten while
 //! the block lives; [`KeyBounds`] of a block bound the *decoded* keys of every slot written so
@@ -38,6 +39,27 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Rows decoded at a time by the block attention kernels (a stack tile of `TILE × head_dim`).
 const TILE: usize = 16;
 
+/// Bytes of one stored fp8 row scale (bf16).
+const SCALE_BYTES: usize = 2;
+
+/// `x` (positive, finite) rounded up to the next bf16 value; returns its bits.
+#[inline]
+fn bf16_round_up(x: f32) -> u16 {
+    let b = x.to_bits();
+    let hi = (b >> 16) as u16;
+    if b & 0xffff == 0 {
+        hi
+    } else {
+        hi + 1
+    }
+}
+
+/// The f32 value of bf16 bits.
+#[inline]
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
 /// Largest finite f16 value; f16 encoding clamps to it instead of producing infinity.
 const F16_MAX: f32 = 65504.0;
 
@@ -48,7 +70,7 @@ pub enum KvDtype {
     F32,
     /// IEEE binary16, round to nearest even, clamped to ±65504.
     F16,
-    /// FP8 E4M3 with one f32 scale per (token, KV head) row of K and of V.
+    /// FP8 E4M3 with one bf16 scale per (token, KV head) row of K and of V.
     Fp8,
 }
 
@@ -156,7 +178,7 @@ impl BlockGeometry {
     /// The byte layout of a block of this geometry in `dtype`.
     pub fn layout(&self, dtype: KvDtype) -> BlockLayout {
         let values = self.n_head_kv * self.block_tokens * self.head_dim * dtype.elem_bytes();
-        let scales = self.n_head_kv * self.block_tokens * 4;
+        let scales = self.n_head_kv * self.block_tokens * SCALE_BYTES;
         let (k_scales, v_scales, used) = if dtype.has_scales() {
             (
                 Some(2 * values),
@@ -199,11 +221,11 @@ impl BlockGeometry {
     fn scale_offset(&self, v: bool, kv_head: usize, t: usize) -> usize {
         let values = 2 * self.n_head_kv * self.block_tokens * self.head_dim;
         let region = if v {
-            values + self.n_head_kv * self.block_tokens * 4
+            values + self.n_head_kv * self.block_tokens * SCALE_BYTES
         } else {
             values
         };
-        region + (kv_head * self.block_tokens + t) * 4
+        region + (kv_head * self.block_tokens + t) * SCALE_BYTES
     }
 }
 
@@ -266,38 +288,42 @@ impl KeyBounds {
     }
 }
 
-/// Encode one row of `head_dim` values at `dst`; returns the scale written (fp8) or 1.
+/// Encode one row of `head_dim` values at `dst`; returns the bf16 bits of the scale (fp8), or
+/// `None`.
 #[inline]
-fn encode_row(dtype: KvDtype, src: &[f32], dst: &mut [u8]) -> f32 {
+fn encode_row(dtype: KvDtype, src: &[f32], dst: &mut [u8]) -> Option<u16> {
     match dtype {
         KvDtype::F32 => {
             for (d, &s) in dst.chunks_exact_mut(4).zip(src) {
                 d.copy_from_slice(&s.to_le_bytes());
             }
-            1.0
+            None
         }
         KvDtype::F16 => {
             for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
                 // NaN passes through (clamp keeps NaN); finite overflow clamps to ±65504.
                 d.copy_from_slice(&f16_from_f32(s.clamp(-F16_MAX, F16_MAX)).to_le_bytes());
             }
-            1.0
+            None
         }
         KvDtype::Fp8 => {
             let amax = src
                 .iter()
                 .filter(|x| x.is_finite())
                 .fold(0.0f32, |m, &x| m.max(x.abs()));
-            let scale = if amax > 0.0 { amax / 448.0 } else { 1.0 };
-            let scale = if scale > 0.0 && scale.is_finite() {
-                scale
+            let scale = amax / 448.0;
+            // Rounded up to bf16, so |x| / scale <= 448 for every element; a zero, subnormal
+            // or non-finite candidate falls back to 1.
+            let bits = if scale >= f32::MIN_POSITIVE && scale.is_finite() {
+                bf16_round_up(scale)
             } else {
-                1.0
+                bf16_round_up(1.0)
             };
+            let scale = bf16_value(bits);
             for (d, &s) in dst.iter_mut().zip(src) {
                 *d = e4m3_from_f32(s / scale);
             }
-            scale
+            Some(bits)
         }
     }
 }
@@ -339,7 +365,7 @@ fn decode_raw(
         KvDtype::Fp8 => {
             crate::kernels::e4m3_decode(src, &mut out[..d]);
             let so = geo.scale_offset(v, kv_head, t);
-            f32::from_le_bytes([block[so], block[so + 1], block[so + 2], block[so + 3]])
+            bf16_value(u16::from_le_bytes([block[so], block[so + 1]]))
         }
     }
 }
@@ -393,9 +419,9 @@ fn decode_tile(
             let so = geo.scale_offset(is_v, kv_head, t);
             for (r, b) in rs[..c]
                 .iter_mut()
-                .zip(block[so..so + 4 * c].chunks_exact(4))
+                .zip(block[so..so + SCALE_BYTES * c].chunks_exact(SCALE_BYTES))
             {
-                *r = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                *r = bf16_value(u16::from_le_bytes([b[0], b[1]]));
             }
         }
     }
@@ -464,10 +490,9 @@ pub fn encode_token(
     for h in 0..geo.n_head_kv {
         for (is_v, src) in [(false, k), (true, v)] {
             let off = geo.row_offset(dtype, is_v, h, t);
-            let scale = encode_row(dtype, &src[h * d..][..d], &mut block[off..off + rb]);
-            if dtype.has_scales() {
+            if let Some(bits) = encode_row(dtype, &src[h * d..][..d], &mut block[off..off + rb]) {
                 let so = geo.scale_offset(is_v, h, t);
-                block[so..so + 4].copy_from_slice(&scale.to_le_bytes());
+                block[so..so + SCALE_BYTES].copy_from_slice(&bits.to_le_bytes());
             }
         }
     }
@@ -823,7 +848,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gpt_oss_fp8_block_is_64k_payload_plus_4k_scales() {
+    fn gpt_oss_fp8_block_is_64k_payload_plus_2k_scales() {
         let geo = BlockGeometry {
             block_tokens: 64,
             n_head_kv: 8,
@@ -832,8 +857,8 @@ mod tests {
         let l = geo.layout(KvDtype::Fp8);
         assert_eq!(l.payload_bytes, 65536);
         assert_eq!(l.k_scales, Some(65536));
-        assert_eq!(l.v_scales, Some(65536 + 2048));
-        assert_eq!(l.used_bytes, 65536 + 4096);
+        assert_eq!(l.v_scales, Some(65536 + 1024));
+        assert_eq!(l.used_bytes, 65536 + 2048);
         assert_eq!(l.block_bytes, 69632);
         assert_eq!(geo.block_bytes(KvDtype::F16), 131072);
         assert_eq!(geo.block_bytes(KvDtype::F32), 262144);
