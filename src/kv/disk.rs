@@ -60,14 +60,24 @@ fn round_up(x: u64, a: u64) -> u64 {
 // Aligned buffers
 // ---------------------------------------------------------------------------------------------
 
-/// A zero-initialised heap buffer aligned to [`DISK_ALIGN`], as O_DIRECT requires.
+/// A zero-initialised heap buffer aligned to [`DISK_ALIGN`], as O_DIRECT requires: either its
+/// own allocation, or one of the equal parts of a slab ([`AlignedBuf::slab`]) that is freed when
+/// its last part is dropped.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
+    /// The slab this buffer is a part of (`None`: the buffer owns its allocation).
+    slab: Option<Arc<Slab>>,
 }
 
-// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+/// One anonymous mapping shared by the parts of a slab (unmapped when the last part is dropped).
+struct Slab {
+    _map: memmap2::MmapMut,
+}
+
+// SAFETY: AlignedBuf owns its bytes exclusively, like a Vec<u8> (the parts of a slab are
+// disjoint ranges of it).
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only hands out &[u8].
 unsafe impl Sync for AlignedBuf {}
@@ -80,7 +90,41 @@ impl AlignedBuf {
         // SAFETY: layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len, cap }
+        AlignedBuf {
+            ptr,
+            len,
+            cap,
+            slab: None,
+        }
+    }
+
+    /// `n` zeroed buffers of `len` bytes carved from one anonymous mapping (each starting on a
+    /// [`DISK_ALIGN`] boundary). The kernel maps its pages lazily, so they cost memory only once
+    /// written, and there is no per-buffer allocator slack (an aligned heap allocation per
+    /// buffer can cost a page each). `None` if the size overflows or the mapping fails.
+    pub fn slab(n: usize, len: usize) -> Option<Vec<AlignedBuf>> {
+        if n == 0 {
+            return Some(Vec::new());
+        }
+        let cap = round_up(len.max(1) as u64, DISK_ALIGN as u64) as usize;
+        let total = cap.checked_mul(n)?;
+        // An anonymous mapping: page aligned, zero-filled by the kernel on first touch (the
+        // allocator's zeroed allocation with 4 KiB alignment would write every page up front).
+        let mut map = memmap2::MmapMut::map_anon(total).ok()?;
+        let base = NonNull::new(map.as_mut_ptr())?;
+        let owner = Arc::new(Slab { _map: map });
+        Some(
+            (0..n)
+                .map(|i| AlignedBuf {
+                    // SAFETY: i * cap < total, inside the mapping, which lives as long as any
+                    // part (each part holds `owner`); the result is non-null.
+                    ptr: unsafe { NonNull::new_unchecked(base.as_ptr().add(i * cap)) },
+                    len,
+                    cap,
+                    slab: Some(owner.clone()),
+                })
+                .collect(),
+        )
     }
 
     /// Length in bytes.
@@ -96,6 +140,9 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.slab.is_some() {
+            return; // the slab frees the memory when its last part is dropped
+        }
         let layout = Layout::from_size_align(self.cap, DISK_ALIGN).expect("aligned buffer layout");
         // SAFETY: allocated in `zeroed` with exactly this layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }

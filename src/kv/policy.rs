@@ -4,8 +4,9 @@
 //!
 //! [`FrameArena`] owns a fixed number of equally sized block frames (`frames = budget /
 //! frame_size`, never resized), each a 4096-aligned [`AlignedBuf`] so it can be handed to
-//! `O_DIRECT` reads and writes. A frame's memory is allocated the first time the frame is used
-//! and kept from then on, so RSS follows the frames actually used, never more than the budget. It maps
+//! `O_DIRECT` reads and writes. All frames are carved from one zeroed allocation made at
+//! construction ([`AlignedBuf::slab`]); the OS maps its pages lazily, so RSS follows the frames
+//! actually written, never more than the budget, with no per-frame allocator slack. It maps
 //! [`BlockId`]s to frames, counts pins (a pinned frame is never evicted: tail blocks still being
 //! filled, blocks held by the running attention pass) and tracks a [`FrameState`] per frame.
 //!
@@ -369,8 +370,6 @@ impl EvictionPolicy for NextUse {
 /// Where a frame's memory is.
 #[derive(Debug)]
 enum FrameBuf {
-    /// Not allocated yet (the frame was never used).
-    Unallocated,
     /// Here, possibly shared with a writer.
     Here(Arc<AlignedBuf>),
     /// Lent to a reader.
@@ -445,8 +444,12 @@ impl FrameArena {
             .filter(|&t| t <= isize::MAX as usize)
             .ok_or(ArenaError::OutOfMemory { bytes: budget })?;
         let _ = bytes;
+        let bufs = AlignedBuf::slab(n, frame_size).ok_or(ArenaError::OutOfMemory { bytes })?;
         Ok(FrameArena {
-            bufs: (0..n).map(|_| FrameBuf::Unallocated).collect(),
+            bufs: bufs
+                .into_iter()
+                .map(|b| FrameBuf::Here(Arc::new(b)))
+                .collect(),
             frame_size,
             budget,
             meta: vec![
@@ -697,12 +700,7 @@ impl FrameArena {
     }
 
     fn buf_mut(&mut self, frame: FrameId) -> &mut Arc<AlignedBuf> {
-        let size = self.frame_size;
-        let b = &mut self.bufs[frame];
-        if matches!(b, FrameBuf::Unallocated) {
-            *b = FrameBuf::Here(Arc::new(AlignedBuf::zeroed(size)));
-        }
-        match b {
+        match &mut self.bufs[frame] {
             FrameBuf::Here(a) => a,
             _ => panic!("frame {frame} is lent out"),
         }
@@ -714,7 +712,7 @@ impl FrameArena {
         &self.buf_mut(frame)[..]
     }
 
-    /// The bytes of `frame` if it is here and allocated (no allocation, no panic).
+    /// The bytes of `frame` if it is here (not lent out); never panics.
     pub fn try_data(&self, frame: FrameId) -> Option<&[u8]> {
         match self.bufs.get(frame) {
             Some(FrameBuf::Here(a)) => Some(&a[..]),
@@ -738,10 +736,9 @@ impl FrameArena {
     /// Take the buffer of `frame` out (to be filled by a read elsewhere); the frame cannot be
     /// read until [`Self::restore`].
     pub fn lend(&mut self, frame: FrameId) -> Arc<AlignedBuf> {
-        self.buf_mut(frame);
         match std::mem::replace(&mut self.bufs[frame], FrameBuf::Lent) {
             FrameBuf::Here(a) => a,
-            _ => unreachable!("buf_mut allocated the frame"),
+            FrameBuf::Lent => panic!("frame {frame} is lent out"),
         }
     }
 
