@@ -238,14 +238,7 @@ pub fn kv_table(s: &KvStats) -> String {
         if l.blocks_read > 0 || l.bytes_written > 0 {
             row(&mut o, i.to_string(), l);
         }
-        tot.blocks_read += l.blocks_read;
-        tot.hits += l.hits;
-        tot.prefetch_hits += l.prefetch_hits;
-        tot.late += l.late;
-        tot.misses += l.misses;
-        tot.bytes_read += l.bytes_read;
-        tot.bytes_written += l.bytes_written;
-        tot.stall_ns += l.stall_ns;
+        tot.add(l);
     }
     row(&mut o, "all".into(), &tot);
     o.push_str(&format!(

@@ -282,6 +282,23 @@ fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv) -> u64 {
     kvspool::engine::plan::plan(&loaded.file, &loaded.config, &input).kv_ram_bytes
 }
 
+/// The tiered KV cache for `loaded` at `n_ctx` positions, from the KV options (the budget
+/// defaults to the plan's pick for this machine).
+fn model_kv(
+    kv: &CommonKv,
+    loaded: &Loaded,
+    n_ctx: usize,
+    batch: usize,
+) -> Result<(kvspool::kv::TieredKv, kvopts::TempDir)> {
+    let ram = kv.ram_bytes(|| planned_kv_ram(loaded, n_ctx, kv))?;
+    kv.build(
+        loaded.model.kv_geometry(n_ctx),
+        ram,
+        fingerprint(&loaded.file),
+        batch,
+    )
+}
+
 fn set_threads(n: Option<usize>) -> Result<()> {
     if let Some(n) = n {
         if n == 0 {
@@ -338,13 +355,7 @@ fn run(a: RunArgs) -> Result<()> {
         // Adds BOS when the vocabulary asks for it; special tokens in the text are recognised.
         tok.encode(&text, true)
     };
-    let ram = a.kv.ram_bytes(|| planned_kv_ram(&loaded, n_ctx, &a.kv))?;
-    let (kv, _tmp) = a.kv.build(
-        loaded.model.kv_geometry(n_ctx),
-        ram,
-        fingerprint(&loaded.file),
-        a.batch,
-    )?;
+    let (kv, _tmp) = model_kv(&a.kv, &loaded, n_ctx, a.batch)?;
     let mut session = Session::new(&*loaded.model, Box::new(kv));
     let params = GenParams {
         max_tokens: a.n,
@@ -489,13 +500,7 @@ fn logits(a: LogitsArgs) -> Result<()> {
         bail!("--positions: {p} is beyond the {} tokens given", ids.len());
     }
     let n_ctx = ctx_size(&a.kv, &loaded)?.max(ids.len());
-    let ram = a.kv.ram_bytes(|| planned_kv_ram(&loaded, n_ctx, &a.kv))?;
-    let (kv, _tmp) = a.kv.build(
-        loaded.model.kv_geometry(n_ctx),
-        ram,
-        fingerprint(&loaded.file),
-        a.batch,
-    )?;
+    let (kv, _tmp) = model_kv(&a.kv, &loaded, n_ctx, a.batch)?;
     let mut session = Session::new(&*loaded.model, Box::new(kv));
     let all = session.prefill(&ids, a.batch, LogitsFor::All, &mut |_, _| {})?;
     let rows: Vec<&[f32]> = positions

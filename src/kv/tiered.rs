@@ -141,7 +141,8 @@ pub struct LayerStats {
 }
 
 impl LayerStats {
-    fn add(&mut self, o: &LayerStats) {
+    /// Add `o`'s counters to these.
+    pub fn add(&mut self, o: &LayerStats) {
         self.blocks_read += o.blocks_read;
         self.hits += o.hits;
         self.prefetch_hits += o.prefetch_hits;
@@ -637,16 +638,7 @@ impl TieredKv {
             l.ring.push_back((index, full));
             l.tail_bounds.reset();
             // No batch of up to `max_batch` queries can see blocks ending before `keep_from`.
-            while l
-                .ring
-                .front()
-                .is_some_and(|(i, _)| (i + 1) * bt <= keep_from)
-            {
-                if let Some((_, buf)) = l.ring.pop_front() {
-                    self.spare.push(buf);
-                }
-            }
-            self.spare.truncate(4);
+            self.trim_ring(layer, keep_from);
             self.note_pinned();
             return Ok(());
         }
@@ -704,6 +696,23 @@ impl TieredKv {
         }
         self.note_pinned();
         Ok(())
+    }
+
+    /// Drop the ring blocks of sliding `layer` that end before position `first_needed` (their
+    /// buffers are kept as spares, at most four).
+    fn trim_ring(&mut self, layer: usize, first_needed: usize) {
+        let bt = self.bgeo.block_tokens;
+        let l = &mut self.layers[layer];
+        while l
+            .ring
+            .front()
+            .is_some_and(|(i, _)| (i + 1) * bt <= first_needed)
+        {
+            if let Some((_, buf)) = l.ring.pop_front() {
+                self.spare.push(buf);
+            }
+        }
+        self.spare.truncate(4);
     }
 
     /// Frames a pass holds at once, and the prefetch depth, for `n_tokens` queries.
@@ -1464,18 +1473,7 @@ impl KvCache for TieredKv {
         if sliding {
             // Future queries start at hi + 1: drop ring blocks they cannot see.
             let w = self.layers[layer].window.unwrap_or(usize::MAX);
-            let first_needed = (hi + 2).saturating_sub(w);
-            let l = &mut self.layers[layer];
-            while l
-                .ring
-                .front()
-                .is_some_and(|(i, _)| (i + 1) * bt <= first_needed)
-            {
-                if let Some((_, buf)) = l.ring.pop_front() {
-                    self.spare.push(buf);
-                }
-            }
-            self.spare.truncate(4);
+            self.trim_ring(layer, (hi + 2).saturating_sub(w));
         } else if pf_depth > 0 {
             // While the rest of this layer computes, fetch the next store layer's first chunk.
             if let Some(nl) = self.next_store_layer(layer) {
