@@ -225,3 +225,36 @@ fn run_json_greedy_is_deterministic_and_well_formed() {
         assert!(va["timings"][k].as_f64().unwrap() >= 0.0);
     }
 }
+
+#[test]
+fn bad_kv_options_fail_cleanly() {
+    let model = common::default_model_path();
+    let m = model.to_string_lossy().into_owned();
+    let base = ["run", "--model", m.as_str(), "--prompt", "hi", "-n", "2"];
+    let cases: [(&[&str], &str); 6] = [
+        (&["--kv-ram", "abc"], "--kv-ram"),
+        (&["--block-tokens", "0"], "--block-tokens"),
+        (&["--kv-dtype", "bf16"], "kv-dtype"),
+        (&["--kv-backend", "aio"], "kv-backend"),
+        (&["--attention", "sparse"], "--attention sparse"),
+        // sysfs refuses new files even to root.
+        (&["--kv-disk", "/sys/kernel/kvspool-test"], "not writable"),
+    ];
+    for (extra, want) in cases {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        assert_one_line_error(&kvspool(&args, &[]), want);
+    }
+    let o = kvspool(
+        &[
+            "bench",
+            "decode",
+            "--geometry",
+            "gpt-oss-20b",
+            "--context",
+            "0",
+        ],
+        &[],
+    );
+    assert_one_line_error(&o, "--context");
+}

@@ -721,7 +721,14 @@ impl TieredKv {
         // Per-block partial states of one chunk stay under ~8 MiB.
         let per_block = n_tokens * n_head * (self.geo.head_dim + 2) * 4;
         let by_mem = ((8usize << 20) / per_block.max(1)).max(1);
-        let chunk = (frames / 4).clamp(1, 32).min(by_mem);
+        // Small arenas still read 4 blocks per batch (the ones the arena cannot hold go to
+        // staging buffers, counted as pinned memory).
+        let chunk = if frames >= 16 {
+            (frames / 4).min(32)
+        } else {
+            4
+        }
+        .min(by_mem);
         let pf = if self.cfg.prefetch && frames >= 3 * chunk {
             chunk
         } else {
