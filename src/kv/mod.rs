@@ -16,6 +16,7 @@ pub mod disk;
 pub mod format;
 pub mod io;
 pub mod policy;
+pub mod prefetch;
 pub mod tiered;
 
 pub use tiered::{KvStats, LayerStats, PolicyKind, TieredConfig, TieredKv};

@@ -42,6 +42,7 @@ use super::io::{self, IoDone, IoReq, Target};
 use super::policy::{
     ArenaError, BlockId, EvictionPolicy, FrameArena, FrameId, FrameState, Lru, NextUse,
 };
+use super::prefetch::{Prefetcher, Sequential, StoreView};
 use super::{AttnQuery, KvCache, KvError, KvGeometry};
 use crate::kernels::attention::AttnState;
 use crossbeam_channel::{Receiver, Sender};
@@ -290,6 +291,7 @@ pub struct TieredKv {
     reads_in_flight: usize,
     write_behind_max: usize,
     prefetch_pinned: usize,
+    prefetcher: Option<Box<dyn Prefetcher>>,
     staging: Vec<Option<Arc<AlignedBuf>>>,
     staging_res: Vec<Option<Result<(), String>>>,
     spare: Vec<Arc<AlignedBuf>>,
@@ -434,6 +436,9 @@ impl TieredKv {
             reads_in_flight: 0,
             write_behind_max: 0,
             prefetch_pinned: 0,
+            prefetcher: cfg
+                .prefetch
+                .then(|| Box::new(Sequential) as Box<dyn Prefetcher>),
             staging: Vec::new(),
             staging_res: Vec::new(),
             spare: Vec::new(),
@@ -729,7 +734,7 @@ impl TieredKv {
             4
         }
         .min(by_mem);
-        let pf = if self.cfg.prefetch && frames >= 3 * chunk {
+        let pf = if self.prefetcher.is_some() && frames >= 3 * chunk {
             chunk
         } else {
             0
@@ -929,11 +934,24 @@ impl TieredKv {
         }
     }
 
-    fn next_store_layer(&self, layer: usize) -> Option<usize> {
-        let n = self.layers.len();
-        (1..=n)
-            .map(|k| (layer + k) % n)
-            .find(|&l| self.layers[l].window.is_none())
+    /// Ask the prefetcher (if any) with a view of the store.
+    fn predict(
+        &mut self,
+        ask: impl FnOnce(&mut dyn Prefetcher, &StoreView<'_>) -> Vec<BlockId>,
+        chunk: usize,
+    ) -> Vec<BlockId> {
+        let Some(mut p) = self.prefetcher.take() else {
+            return Vec::new();
+        };
+        let sealed: Vec<usize> = self.layers.iter().map(|l| l.sealed.len()).collect();
+        let view = StoreView {
+            sealed: &sealed,
+            windows: &self.geo.windows,
+            chunk,
+        };
+        let ids = ask(p.as_mut(), &view);
+        self.prefetcher = Some(p);
+        ids
     }
 
     fn write_trace(&mut self, layer: usize, n_tokens: usize, d: &LayerStats, ev: u64, dur: f64) {
@@ -1445,9 +1463,11 @@ impl KvCache for TieredKv {
             let ids: Vec<BlockId> = (b..end.min(n_sealed))
                 .map(|i| BlockId::new(layer as u32, i as u32))
                 .collect();
-            let next: Vec<BlockId> = (end..(end + chunk).min(n_sealed))
-                .map(|i| BlockId::new(layer as u32, i as u32))
-                .collect();
+            let next = if pf_depth > 0 {
+                self.predict(|p, v| p.next_in_pass(layer, b..end.min(n_sealed), v), chunk)
+            } else {
+                Vec::new()
+            };
             if !ids.is_empty() {
                 self.acquire(&ids, &next, pf_depth, &mut held)?;
             } else {
@@ -1482,14 +1502,9 @@ impl KvCache for TieredKv {
             let w = self.layers[layer].window.unwrap_or(usize::MAX);
             self.trim_ring(layer, (hi + 2).saturating_sub(w));
         } else if pf_depth > 0 {
-            // While the rest of this layer computes, fetch the next store layer's first chunk.
-            if let Some(nl) = self.next_store_layer(layer) {
-                let ns = self.layers[nl].sealed.len();
-                let ids: Vec<BlockId> = (0..chunk.min(ns))
-                    .map(|i| BlockId::new(nl as u32, i as u32))
-                    .collect();
-                self.prefetch(&ids, pf_depth)?;
-            }
+            // While the rest of this layer computes, fetch what the next passes read first.
+            let ids = self.predict(|p, v| p.after_pass(layer, v), chunk);
+            self.prefetch(&ids, pf_depth)?;
         }
         if self.trace.is_some() {
             let delta = self.stats[layer].sub(&before);
