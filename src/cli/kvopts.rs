@@ -183,6 +183,7 @@ pub fn kv_json(s: &KvStats) -> Value {
         "frames": s.frames,
         "pinned_bytes": s.pinned_bytes,
         "bounds_bytes": s.bounds_bytes,
+        "index_bytes": s.index_bytes,
         "policy": s.policy,
         "backend": s.backend,
         "prefetch": s.prefetch,
@@ -193,12 +194,13 @@ pub fn kv_json(s: &KvStats) -> Value {
 pub fn kv_table(s: &KvStats) -> String {
     let mut o = String::new();
     o.push_str(&format!(
-        "KV: {} blocks, {} frames of {} (budget {}, peak {}), pinned {}, key bounds {}, policy {}, backend {}, prefetch {}\n",
+        "KV: {} blocks, {} frames of {} (budget {}, peak {}, index {}), pinned {}, key bounds {}, policy {}, backend {}, prefetch {}\n",
         s.dtype,
         s.frames,
         format_size(s.frame_bytes),
         format_size(s.ram_budget_bytes),
         format_size(s.ram_peak_bytes),
+        format_size(s.index_bytes),
         format_size(s.pinned_bytes),
         format_size(s.bounds_bytes),
         s.policy,

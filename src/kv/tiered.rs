@@ -26,9 +26,10 @@
 //! - **exact tiering:** the arithmetic per (token, head) is the same sequence of operations
 //!   whatever the chunking, the residency, the backend or the prefetcher did, so outputs are
 //!   bit-identical for every `--kv-ram`, `--kv-backend` and `--prefetch` (tested);
-//! - **bounded RAM:** cached blocks live only in arena frames (`frames = ram_bytes / slot_bytes`);
-//!   tails, rings and staging buffers are the fixed extra ([`KvStats::pinned_bytes`]); key bounds
-//!   are [`KvStats::bounds_bytes`];
+//! - **bounded RAM:** cached blocks live only in arena frames; `--kv-ram` pays for the frames and
+//!   for an allowance for the block and frame indexes ([`KvStats::index_bytes`]); tails, rings
+//!   and staging buffers are the fixed extra ([`KvStats::pinned_bytes`]); key bounds are
+//!   [`KvStats::bounds_bytes`];
 //! - **nothing unverified:** a block read from disk is used only after its checksum verified; a
 //!   failed read or write poisons the cache: every later call returns the error;
 //! - a frame is evicted only when unpinned, clean (its write completed) and not lent to a read.
@@ -219,6 +220,9 @@ pub struct KvStats {
     pub pinned_bytes: u64,
     /// RAM of the per-block key bounds.
     pub bounds_bytes: u64,
+    /// RAM allowance for the block and frame indexes, charged to the budget (0 when the budget
+    /// cannot hold a frame and its share of the index: the index then lives outside it).
+    pub index_bytes: u64,
     /// Eviction policy.
     pub policy: String,
     /// Disk backend (and whether it bypasses the page cache).
@@ -269,6 +273,13 @@ enum Held {
 
 static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// RAM allowance per block of the context for its index entry (slot, the two key-bound vectors'
+/// headers and allocator overhead, the eviction policy's history), charged to `--kv-ram`.
+const INDEX_BYTES_PER_BLOCK: usize = 160;
+/// RAM allowance per frame of the RAM tier (frame state and info, block map and policy
+/// entries), charged to `--kv-ram`.
+const INDEX_BYTES_PER_FRAME: usize = 256;
+
 /// The tiered KV cache (see the module docs).
 pub struct TieredKv {
     geo: KvGeometry,
@@ -296,6 +307,7 @@ pub struct TieredKv {
     staging_res: Vec<Option<Result<(), String>>>,
     spare: Vec<Arc<AlignedBuf>>,
     pinned_peak: usize,
+    index_bytes: usize,
     evictions_base: u64,
     stats: Vec<LayerStats>,
     poisoned: Option<String>,
@@ -390,7 +402,20 @@ impl TieredKv {
         ));
         let disk = create(&path, dgeo, cfg.backend)?;
         let backend_desc = format!("{} ({:?})", disk.backend_name(), disk.io_mode());
-        let arena = FrameArena::new_or_empty(cfg.ram_bytes, slot_bytes, cfg.policy.build())
+        // The budget also pays for the bookkeeping of what it caches: a fixed allowance per
+        // block the context can hold (slot, bound vectors' headers, policy history) and per
+        // frame (frame state, block map, policy entries), when it can afford them.
+        let max_blocks = geo.windows.iter().filter(|w| w.is_none()).count()
+            * geo.n_ctx.div_ceil(cfg.block_tokens);
+        let block_index = max_blocks * INDEX_BYTES_PER_BLOCK;
+        let frames =
+            cfg.ram_bytes.saturating_sub(block_index) / (slot_bytes + INDEX_BYTES_PER_FRAME);
+        let index_bytes = if frames > 0 {
+            block_index + frames * INDEX_BYTES_PER_FRAME
+        } else {
+            0
+        };
+        let arena = FrameArena::new_or_empty(frames * slot_bytes, slot_bytes, cfg.policy.build())
             .map_err(arena_err)?;
         let (tx, done, thread) = io::spawn(disk).map_err(|e| {
             let _ = std::fs::remove_file(&path);
@@ -443,6 +468,7 @@ impl TieredKv {
             staging_res: Vec::new(),
             spare: Vec::new(),
             pinned_peak: 0,
+            index_bytes,
             evictions_base: 0,
             poisoned: None,
             step: 0,
@@ -1140,6 +1166,7 @@ impl TieredKv {
             frames: self.arena.frame_count() as u64,
             pinned_bytes: self.pinned_peak as u64,
             bounds_bytes: self.bounds_bytes() as u64,
+            index_bytes: self.index_bytes as u64,
             policy: self.arena.policy_name().into(),
             backend: self.backend_desc.clone(),
             prefetch: self.cfg.prefetch,
