@@ -797,17 +797,29 @@ impl TieredKv {
             };
             self.arena.pin(f).map_err(arena_err)?;
             self.prefetch_pinned += 1;
-            let buf = self.arena.lend(f);
-            self.reads_in_flight += 1;
-            self.send(IoReq::Read {
-                target: Target::Frame(f),
-                id,
-                slot,
-                buf,
-                demand: false,
-            })?;
+            self.read_into_frame(f, id, slot, false)?;
         }
         Ok(())
+    }
+
+    /// Lend frame `f` (pinned, holding `id`) to the I/O thread for a read of `slot`.
+    fn read_into_frame(
+        &mut self,
+        f: FrameId,
+        id: BlockId,
+        slot: u64,
+        demand: bool,
+    ) -> Result<(), KvError> {
+        self.finfo[f].loading = true;
+        let buf = self.arena.lend(f);
+        self.reads_in_flight += 1;
+        self.send(IoReq::Read {
+            target: Target::Frame(f),
+            id,
+            slot,
+            buf,
+            demand,
+        })
     }
 
     fn staging_slot(&mut self) -> usize {
@@ -864,16 +876,7 @@ impl TieredKv {
                     if self.cfg.hints {
                         self.arena.hint_next_use(id, self.pass_len.max(1));
                     }
-                    self.finfo[f].loading = true;
-                    let buf = self.arena.lend(f);
-                    self.reads_in_flight += 1;
-                    self.send(IoReq::Read {
-                        target: Target::Frame(f),
-                        id,
-                        slot,
-                        buf,
-                        demand: true,
-                    })?;
+                    self.read_into_frame(f, id, slot, true)?;
                     held.push(Held::Frame(f));
                 }
                 None => {
