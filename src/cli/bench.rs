@@ -174,7 +174,9 @@ fn decode(a: DecodeArgs) -> Result<()> {
             payload_bytes: bg.layout(a.kv.dtype()?).used_bytes as u32,
         };
         let full = geo.windows.iter().filter(|w| w.is_none()).count() as u64;
-        full * n_ctx.div_ceil(a.kv.block_tokens) as u64 * dg.slot_bytes()
+        let blocks = full * n_ctx.div_ceil(a.kv.block_tokens) as u64;
+        use kvspool::kv::tiered::{INDEX_BYTES_PER_BLOCK, INDEX_BYTES_PER_FRAME};
+        blocks * (dg.slot_bytes() + (INDEX_BYTES_PER_BLOCK + INDEX_BYTES_PER_FRAME) as u64)
     };
     let ram = a.kv.ram_bytes(|| all_resident)?;
     let (mut kv, _tmp) = a.kv.build(geo.clone(), ram, fp, 512)?;

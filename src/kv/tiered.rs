@@ -275,10 +275,10 @@ static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// RAM allowance per block of the context for its index entry (slot, the two key-bound vectors'
 /// headers and allocator overhead, the eviction policy's history), charged to `--kv-ram`.
-const INDEX_BYTES_PER_BLOCK: usize = 160;
+pub const INDEX_BYTES_PER_BLOCK: usize = 160;
 /// RAM allowance per frame of the RAM tier (frame state and info, block map and policy
 /// entries), charged to `--kv-ram`.
-const INDEX_BYTES_PER_FRAME: usize = 256;
+pub const INDEX_BYTES_PER_FRAME: usize = 256;
 
 /// The tiered KV cache (see the module docs).
 pub struct TieredKv {

@@ -5,6 +5,7 @@
 //! shape, file offset) validated when the model is bound, so the forward pass never re-checks
 //! shapes and never copies weights.
 
+pub mod gpt_oss;
 pub mod llama;
 
 use crate::gguf::{GgmlType, GgufFile, ModelConfig};
@@ -54,7 +55,7 @@ pub enum ModelError {
         n_vocab: usize,
     },
     /// The architecture is recognised by the GGUF reader but not implemented here.
-    #[error("architecture '{0}' is not supported for inference yet (supported: llama)")]
+    #[error("architecture '{0}' is not supported for inference yet (supported: llama, gpt-oss)")]
     Unsupported(String),
     /// GGUF config problem.
     #[error(transparent)]
@@ -168,8 +169,8 @@ pub fn matvec_fused(f: &GgufFile, x: &[f32], jobs: Vec<(&Weight, &mut [f32])>) {
 
 /// Binds tensors by name, checking shape and type, collecting every problem.
 pub(crate) struct Binder<'f> {
-    file: &'f GgufFile,
-    problems: Vec<String>,
+    pub(crate) file: &'f GgufFile,
+    pub(crate) problems: Vec<String>,
 }
 
 impl<'f> Binder<'f> {
@@ -269,7 +270,12 @@ pub fn load_with(path: &Path, precision: Precision) -> Result<Loaded, ModelError
     let config = ModelConfig::from_gguf(&file)?;
     let model: Box<dyn Model> = match &config {
         ModelConfig::Llama(c) => Box::new(llama::Llama::new(file.clone(), c.clone(), precision)?),
-        other => return Err(ModelError::Unsupported(other.arch_name().to_string())),
+        ModelConfig::GptOss(c) => Box::new(gpt_oss::GptOss::new(
+            file.clone(),
+            c.clone(),
+            precision,
+            crate::kernels::YarnRounding::Reference,
+        )?),
     };
     Ok(Loaded {
         file,

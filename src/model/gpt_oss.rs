@@ -1,0 +1,402 @@
+//! The gpt-oss architecture (gpt-oss-spec.md §6): biased Q/K/V/O, NeoX RoPE with YaRN,
+//! alternating sliding-window (128) and full-attention layers, attention sinks, a top-4 router
+//! with softmax over the chosen four, SwiGLU-OAI experts (clamps, α = 1.702, the `+1`) with
+//! biases, untied output.
+//!
+//! Experts are read in place from the mmapped 3-D tensors: expert `e`, output row `r` starts at
+//! byte `(e·rows + r)·row_bytes` (spec §3); only the four chosen experts' rows are touched.
+//!
+//! Invariants: sliding layers attend with `window = sliding_window` (current + 127 previous,
+//! spec §6.1e) and the KV geometry marks them sliding, so their K/V live in a RAM ring; the sink
+//! of query head `h` enters the softmax raw (not scaled by `attention.scale`).
+
+use super::{Binder, LogitsFor, Model, ModelError, Precision, Weight};
+use crate::gguf::{GgmlType, GgufFile, GptOssConfig, RopeScaling, TensorInfo};
+use crate::kernels::{self, RopeMode, RopeParams, YarnParams, YarnRounding};
+use crate::kv::{AttnQuery, KvCache, KvGeometry};
+use std::sync::Arc;
+
+/// The experts of one projection: a 3-D tensor `[cols, rows, n_expert]` (ggml order).
+#[derive(Debug, Clone)]
+struct Experts {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    info: Option<TensorInfo>,
+}
+
+impl Experts {
+    /// `y = W[e] · x` (one token).
+    fn matvec(&self, f: &GgufFile, e: usize, x: &[f32], y: &mut [f32]) {
+        let Some(t) = &self.info else { return };
+        let all = f.tensor_bytes(t);
+        let m = self.rows * self.row_bytes;
+        kernels::matvec(
+            self.ty,
+            &all[e * m..(e + 1) * m],
+            self.rows,
+            self.cols,
+            x,
+            y,
+        );
+    }
+}
+
+fn bind_experts(
+    b: &mut Binder<'_>,
+    name: &str,
+    cols: usize,
+    rows: usize,
+    n_expert: usize,
+) -> Experts {
+    let dummy = Experts {
+        ty: GgmlType::F32,
+        rows,
+        cols,
+        row_bytes: 0,
+        info: None,
+    };
+    let Some(t) = b.file.tensor(name) else {
+        b.problems.push(format!("missing tensor {name}"));
+        return dummy;
+    };
+    let want = [cols as u64, rows as u64, n_expert as u64];
+    if t.dims.as_slice() != want {
+        b.problems.push(format!(
+            "tensor {name} has shape {:?}, expected {want:?}",
+            t.dims
+        ));
+        return dummy;
+    }
+    if !t.ty.is_supported() {
+        b.problems.push(format!(
+            "tensor {name} has type {} which kvspool cannot compute with",
+            t.ty
+        ));
+        return dummy;
+    }
+    Experts {
+        ty: t.ty,
+        rows,
+        cols,
+        row_bytes: t.row_bytes() as usize,
+        info: Some(t.clone()),
+    }
+}
+
+/// A 2-D F32 tensor `[n, m]` decoded whole (expert biases: `m` experts × `n` values).
+fn bind_f32_2d(b: &mut Binder<'_>, name: &str, n: usize, m: usize) -> Vec<f32> {
+    let Some(t) = b.file.tensor(name) else {
+        b.problems.push(format!("missing tensor {name}"));
+        return Vec::new();
+    };
+    if t.dims.as_slice() != [n as u64, m as u64] {
+        b.problems.push(format!(
+            "tensor {name} has shape {:?}, expected [{n}, {m}]",
+            t.dims
+        ));
+        return Vec::new();
+    }
+    let mut out = vec![0.0f32; n * m];
+    if let Err(e) = crate::quant::dequantize_row(t.ty, b.file.tensor_bytes(t), &mut out) {
+        b.problems.push(format!("tensor {name}: {e}"));
+    }
+    out
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    bq: Vec<f32>,
+    wk: Weight,
+    bk: Vec<f32>,
+    wv: Weight,
+    bv: Vec<f32>,
+    wo: Weight,
+    bo: Vec<f32>,
+    sinks: Vec<f32>,
+    post_norm: Vec<f32>,
+    router: Weight,
+    router_b: Vec<f32>,
+    gate: Experts,
+    gate_b: Vec<f32>,
+    up: Experts,
+    up_b: Vec<f32>,
+    down: Experts,
+    down_b: Vec<f32>,
+    rope: RopeParams,
+    window: Option<usize>,
+}
+
+/// A gpt-oss model bound to a GGUF file.
+pub struct GptOss {
+    file: Arc<GgufFile>,
+    cfg: GptOssConfig,
+    tok_embd: Weight,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    precision: Precision,
+}
+
+impl GptOss {
+    /// Bind the weights of `file` (parsed into `cfg`). `rounding` chooses the YaRN correction
+    /// range: [`YarnRounding::Reference`] (the model's training-time reference, the default) or
+    /// [`YarnRounding::LlamaCpp`] (floor/ceil, `--rope-compat llamacpp`).
+    pub fn new(
+        file: Arc<GgufFile>,
+        cfg: GptOssConfig,
+        precision: Precision,
+        rounding: YarnRounding,
+    ) -> Result<GptOss, ModelError> {
+        let mut b = Binder::new(&file);
+        let (e, d, v) = (cfg.n_embd, cfg.head_dim, cfg.n_vocab);
+        let (nq, nkv) = (cfg.n_head * d, cfg.n_head_kv * d);
+        let (ne, ff) = (cfg.n_expert, cfg.n_ff_exp);
+        let tok_embd = b.matrix("token_embd.weight", e, v);
+        let out_norm = b.vector("output_norm.weight", e);
+        let output = b.matrix("output.weight", e, v);
+        let yarn = match cfg.rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_context_length,
+                beta_fast,
+                beta_slow,
+                attn_factor,
+            } => Some(YarnParams {
+                factor,
+                original_ctx: original_context_length,
+                beta_fast,
+                beta_slow,
+                ext_factor: 1.0,
+                attn_factor,
+                rounding,
+            }),
+            RopeScaling::None => None,
+            RopeScaling::Linear { .. } => {
+                return Err(ModelError::Unsupported(
+                    "gpt-oss with linear RoPE scaling".into(),
+                ))
+            }
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for il in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let sliding = cfg.is_sliding(il);
+            layers.push(Layer {
+                attn_norm: b.vector(&n("attn_norm.weight"), e),
+                wq: b.matrix(&n("attn_q.weight"), e, nq),
+                bq: b.vector(&n("attn_q.bias"), nq),
+                wk: b.matrix(&n("attn_k.weight"), e, nkv),
+                bk: b.vector(&n("attn_k.bias"), nkv),
+                wv: b.matrix(&n("attn_v.weight"), e, nkv),
+                bv: b.vector(&n("attn_v.bias"), nkv),
+                wo: b.matrix(&n("attn_output.weight"), nq, e),
+                bo: b.vector(&n("attn_output.bias"), e),
+                sinks: b.vector(&n("attn_sinks.weight"), cfg.n_head),
+                post_norm: b.vector(&n("post_attention_norm.weight"), e),
+                router: b.matrix(&n("ffn_gate_inp.weight"), e, ne),
+                router_b: b.vector(&n("ffn_gate_inp.bias"), ne),
+                gate: bind_experts(&mut b, &n("ffn_gate_exps.weight"), e, ff, ne),
+                gate_b: bind_f32_2d(&mut b, &n("ffn_gate_exps.bias"), ff, ne),
+                up: bind_experts(&mut b, &n("ffn_up_exps.weight"), e, ff, ne),
+                up_b: bind_f32_2d(&mut b, &n("ffn_up_exps.bias"), ff, ne),
+                down: bind_experts(&mut b, &n("ffn_down_exps.weight"), ff, e, ne),
+                down_b: bind_f32_2d(&mut b, &n("ffn_down_exps.bias"), e, ne),
+                rope: RopeParams {
+                    n_dims: cfg.rope_dim,
+                    freq_base: if sliding {
+                        cfg.rope_freq_base_swa
+                    } else {
+                        cfg.rope_freq_base
+                    },
+                    mode: RopeMode::Neox,
+                    yarn,
+                },
+                window: sliding.then_some(cfg.sliding_window),
+            });
+        }
+        b.finish()?;
+        Ok(GptOss {
+            file,
+            cfg,
+            tok_embd,
+            layers,
+            out_norm,
+            output,
+            precision,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GptOssConfig {
+        &self.cfg
+    }
+
+    /// The MoE block for one token (spec §6.1g): `t` is the normed input; adds into `out`.
+    fn moe(&self, l: &Layer, t: &[f32], out: &mut [f32]) {
+        let c = &self.cfg;
+        let f = &*self.file;
+        let (e, ff) = (c.n_embd, c.n_ff_exp);
+        let mut z = vec![0.0f32; c.n_expert];
+        l.router.matmul(f, Precision::Exact, t, 1, &mut z);
+        z.iter_mut().zip(&l.router_b).for_each(|(a, b)| *a += b);
+        // Top-k, descending; ties go to the lower expert index (stable sort).
+        let mut order: Vec<usize> = (0..c.n_expert).collect();
+        order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+        let chosen = &order[..c.n_expert_used];
+        let zmax = z[chosen[0]];
+        let ws: Vec<f32> = chosen.iter().map(|&x| (z[x] - zmax).exp()).collect();
+        let wsum: f32 = ws.iter().sum();
+        let (mut g, mut u, mut y) = (vec![0.0f32; ff], vec![0.0f32; ff], vec![0.0f32; e]);
+        for (&x, &w) in chosen.iter().zip(&ws) {
+            l.gate.matvec(f, x, t, &mut g);
+            l.up.matvec(f, x, t, &mut u);
+            let (gb, ub) = (
+                &l.gate_b[x * ff..(x + 1) * ff],
+                &l.up_b[x * ff..(x + 1) * ff],
+            );
+            for j in 0..ff {
+                let gj = (g[j] + gb[j]).min(c.swiglu_limit);
+                let uj = (u[j] + ub[j]).clamp(-c.swiglu_limit, c.swiglu_limit);
+                g[j] = gj / (1.0 + (-c.swiglu_alpha * gj).exp()) * (uj + 1.0);
+            }
+            l.down.matvec(f, x, &g, &mut y);
+            let db = &l.down_b[x * e..(x + 1) * e];
+            let wk = w / wsum;
+            for j in 0..e {
+                out[j] += wk * (y[j] + db[j]);
+            }
+        }
+    }
+}
+
+impl Model for GptOss {
+    fn kv_geometry(&self, n_ctx: usize) -> KvGeometry {
+        let c = &self.cfg;
+        let mut g = KvGeometry::dense(c.n_layer, c.n_head_kv, c.head_dim, n_ctx);
+        for (w, l) in g.windows.iter_mut().zip(&self.layers) {
+            *w = l.window;
+        }
+        g
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.cfg.n_vocab
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        pos0: usize,
+        kv: &mut dyn KvCache,
+        want: LogitsFor,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let c = &self.cfg;
+        let n = tokens.len();
+        if n == 0 {
+            logits.clear();
+            return Ok(());
+        }
+        let (e, d) = (c.n_embd, c.head_dim);
+        let (nq, nkv) = (c.n_head * d, c.n_head_kv * d);
+        let f = &*self.file;
+        let p = self.precision;
+        let mut x = vec![0.0f32; n * e];
+        for (t, &tok) in tokens.iter().enumerate() {
+            if tok as usize >= c.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    token: tok,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            self.tok_embd
+                .row_f32(f, tok as usize, &mut x[t * e..(t + 1) * e])?;
+        }
+        let mut xn = vec![0.0f32; n * e];
+        let mut q = vec![0.0f32; n * nq];
+        let mut k = vec![0.0f32; n * nkv];
+        let mut v = vec![0.0f32; n * nkv];
+        let mut att = vec![0.0f32; n * nq];
+        let mut tmp = vec![0.0f32; n * e];
+        let add_bias = |y: &mut [f32], b: &[f32]| {
+            for row in y.chunks_mut(b.len()) {
+                row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            }
+        };
+        for (il, l) in self.layers.iter().enumerate() {
+            for t in 0..n {
+                kernels::rmsnorm(
+                    &x[t * e..(t + 1) * e],
+                    &l.attn_norm,
+                    c.rms_eps,
+                    &mut xn[t * e..(t + 1) * e],
+                );
+            }
+            l.wq.matmul(f, p, &xn, n, &mut q);
+            l.wk.matmul(f, p, &xn, n, &mut k);
+            l.wv.matmul(f, p, &xn, n, &mut v);
+            add_bias(&mut q, &l.bq);
+            add_bias(&mut k, &l.bk);
+            add_bias(&mut v, &l.bv);
+            for t in 0..n {
+                kernels::rope_inplace(&l.rope, &mut q[t * nq..(t + 1) * nq], d, pos0 + t);
+                kernels::rope_inplace(&l.rope, &mut k[t * nkv..(t + 1) * nkv], d, pos0 + t);
+                kv.append(il, &k[t * nkv..(t + 1) * nkv], &v[t * nkv..(t + 1) * nkv])?;
+            }
+            let qy = AttnQuery {
+                q: &q,
+                n_tokens: n,
+                pos0,
+                n_head: c.n_head,
+                scale: c.attention_scale,
+                sinks: Some(&l.sinks),
+                window: l.window,
+            };
+            kv.attend(il, &qy, &mut att)?;
+            l.wo.matmul(f, p, &att, n, &mut tmp);
+            add_bias(&mut tmp, &l.bo);
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            for t in 0..n {
+                kernels::rmsnorm(
+                    &x[t * e..(t + 1) * e],
+                    &l.post_norm,
+                    c.rms_eps,
+                    &mut xn[t * e..(t + 1) * e],
+                );
+            }
+            tmp.iter_mut().for_each(|a| *a = 0.0);
+            for t in 0..n {
+                self.moe(l, &xn[t * e..(t + 1) * e], &mut tmp[t * e..(t + 1) * e]);
+            }
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+        }
+        let rows: Vec<usize> = match want {
+            LogitsFor::All => (0..n).collect(),
+            LogitsFor::Last => vec![n - 1],
+            LogitsFor::None => Vec::new(),
+        };
+        let m = rows.len();
+        let mut fin = vec![0.0f32; m * e];
+        for (j, &t) in rows.iter().enumerate() {
+            kernels::rmsnorm(
+                &x[t * e..(t + 1) * e],
+                &self.out_norm,
+                c.rms_eps,
+                &mut fin[j * e..(j + 1) * e],
+            );
+        }
+        logits.clear();
+        logits.resize(m * c.n_vocab, 0.0);
+        if m > 0 {
+            self.output.matmul(f, p, &fin, m, logits);
+        }
+        Ok(())
+    }
+}
