@@ -132,18 +132,7 @@ impl Model for Llama {
         let (nq, nkv) = (c.n_head * d, c.n_head_kv * d);
         let f = &*self.file;
 
-        // Embedding rows.
-        let mut x = vec![0.0f32; n * e];
-        for (t, &tok) in tokens.iter().enumerate() {
-            if tok as usize >= c.n_vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    token: tok,
-                    n_vocab: c.n_vocab,
-                });
-            }
-            self.tok_embd
-                .row_f32(f, tok as usize, &mut x[t * e..(t + 1) * e])?;
-        }
+        let mut x = super::embed(f, &self.tok_embd, tokens, c.n_vocab)?;
 
         let mut xn = vec![0.0f32; n * e];
         let mut q = vec![0.0f32; n * nq];
@@ -215,26 +204,17 @@ impl Model for Llama {
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
 
-        let rows: Vec<usize> = match want {
-            LogitsFor::All => (0..n).collect(),
-            LogitsFor::Last => vec![n - 1],
-            LogitsFor::None => Vec::new(),
-        };
-        let m = rows.len();
-        let mut fin = vec![0.0f32; m * e];
-        for (j, &t) in rows.iter().enumerate() {
-            kernels::rmsnorm(
-                &x[t * e..(t + 1) * e],
-                &self.out_norm,
-                c.rms_eps,
-                &mut fin[j * e..(j + 1) * e],
-            );
-        }
-        logits.clear();
-        logits.resize(m * c.n_vocab, 0.0);
-        if m > 0 {
-            self.output.matmul(f, self.precision, &fin, m, logits);
-        }
+        super::head(
+            f,
+            self.precision,
+            &x,
+            n,
+            &self.out_norm,
+            c.rms_eps,
+            &self.output,
+            want,
+            logits,
+        );
         Ok(())
     }
 }

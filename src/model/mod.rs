@@ -142,6 +142,64 @@ impl Weight {
     }
 }
 
+/// The embedding rows of `tokens` (`tokens.len() × cols` of `tok_embd`), checking each id.
+pub(crate) fn embed(
+    f: &GgufFile,
+    tok_embd: &Weight,
+    tokens: &[u32],
+    n_vocab: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let e = tok_embd.cols;
+    let mut x = vec![0.0f32; tokens.len() * e];
+    for (t, &tok) in tokens.iter().enumerate() {
+        if tok as usize >= n_vocab {
+            return Err(ModelError::TokenOutOfRange {
+                token: tok,
+                n_vocab,
+            });
+        }
+        tok_embd.row_f32(f, tok as usize, &mut x[t * e..(t + 1) * e])?;
+    }
+    Ok(x)
+}
+
+/// The output head: RMSNorm (`norm`, `eps`) then `output` over the rows of `x` (`n × cols`)
+/// selected by `want`, into `logits` (row-major, `output.rows` each).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head(
+    f: &GgufFile,
+    p: Precision,
+    x: &[f32],
+    n: usize,
+    norm: &[f32],
+    eps: f32,
+    output: &Weight,
+    want: LogitsFor,
+    logits: &mut Vec<f32>,
+) {
+    let e = output.cols;
+    let rows: Vec<usize> = match want {
+        LogitsFor::All => (0..n).collect(),
+        LogitsFor::Last => vec![n - 1],
+        LogitsFor::None => Vec::new(),
+    };
+    let m = rows.len();
+    let mut fin = vec![0.0f32; m * e];
+    for (j, &t) in rows.iter().enumerate() {
+        crate::kernels::rmsnorm(
+            &x[t * e..(t + 1) * e],
+            norm,
+            eps,
+            &mut fin[j * e..(j + 1) * e],
+        );
+    }
+    logits.clear();
+    logits.resize(m * output.rows, 0.0);
+    if m > 0 {
+        output.matmul(f, p, &fin, m, logits);
+    }
+}
+
 /// Several mat-vecs of one input vector `x` (decode, one token) in a single parallel region:
 /// `y_j = W_j · x` for each job. Same bits as [`Weight::matmul`] with `n = 1` and exact
 /// precision (`kernels::matvec_serial` on row chunks); fusing saves the wake-up and join of a
