@@ -511,3 +511,23 @@ fn a_read_only_directory_is_a_clear_error() {
         target.display()
     );
 }
+
+#[test]
+fn tier_files_of_dead_processes_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("kvspool-999999999-0.kvtier");
+    let live = dir.path().join("kvspool-1-0.kvtier"); // pid 1 is always alive
+    let other = dir.path().join("notes.txt");
+    for p in [&dead, &live, &other] {
+        std::fs::write(p, b"x").unwrap();
+    }
+    let mut c = cfg(KvDtype::Fp8, 8, 1 << 20);
+    c.dir = dir.path().to_owned();
+    let kv = TieredKv::new(KvGeometry::dense(1, 2, 16, 64), c).unwrap();
+    assert!(!dead.exists(), "stale file of a dead process kept");
+    assert!(live.exists() && other.exists());
+    let own = kv.path().to_owned();
+    assert!(own.exists());
+    drop(kv);
+    assert!(!own.exists(), "a cache removes its own file when dropped");
+}

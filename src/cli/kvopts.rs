@@ -133,9 +133,21 @@ impl CommonKv {
         let (dir, guard) = match &self.kv_disk {
             Some(d) => (d.clone(), TempDir(None)),
             None => {
-                let d = kvspool::paths::cache_dir()
-                    .join("kv-tmp")
-                    .join(format!("run-{}", std::process::id()));
+                let root = kvspool::paths::cache_dir().join("kv-tmp");
+                // Directories of runs that were killed (and so could not clean up).
+                if let Ok(entries) = std::fs::read_dir(&root) {
+                    for e in entries.flatten() {
+                        let pid = e
+                            .file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("run-"))
+                            .and_then(|p| p.parse::<u32>().ok());
+                        if pid.is_some_and(|p| !kvspool::kv::tiered::pid_alive(p)) {
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+                let d = root.join(format!("run-{}", std::process::id()));
                 (d.clone(), TempDir(Some(d)))
             }
         };

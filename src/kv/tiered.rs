@@ -328,6 +328,34 @@ impl std::fmt::Debug for TieredKv {
     }
 }
 
+/// Whether process `pid` is alive (Linux: `/proc/<pid>` exists).
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Remove the tier files `kvspool-<pid>-<n>.kvtier` in `dir` left by processes that no longer
+/// exist (a killed run cannot delete its file); files of live processes are left alone.
+fn sweep_stale_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix("kvspool-")
+            .and_then(|r| r.strip_suffix(".kvtier"))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+            tracing::info!(file = %e.path().display(), "removed a stale KV tier file of a dead process");
+        }
+    }
+}
+
 fn dtype_id(d: KvDtype) -> u32 {
     match d {
         KvDtype::F32 => 0,
@@ -395,6 +423,7 @@ impl TieredKv {
                 source,
             })
         })?;
+        sweep_stale_files(&cfg.dir);
         let path = cfg.dir.join(format!(
             "kvspool-{}-{}.kvtier",
             std::process::id(),
