@@ -11,6 +11,7 @@ mod common;
 
 use kvspool::engine::Session;
 use kvspool::gguf::{GgmlType, GgufWriter, Value};
+use kvspool::kernels::YarnRounding;
 use kvspool::kv::format::KvDtype;
 use kvspool::kv::{TieredConfig, TieredKv};
 use kvspool::model::LogitsFor;
@@ -230,7 +231,11 @@ fn write_model(
 }
 
 /// gpt-oss-spec.md §6 in f64, plainly.
-fn reference(w: &std::collections::HashMap<String, Vec<f64>>, tokens: &[u32]) -> Vec<Vec<f64>> {
+fn reference(
+    w: &std::collections::HashMap<String, Vec<f64>>,
+    tokens: &[u32],
+    llamacpp: bool,
+) -> Vec<Vec<f64>> {
     let g = |n: &str| w.get(n).unwrap_or_else(|| panic!("{n}"));
     let rms = |x: &[f64], wt: &[f64]| -> Vec<f64> {
         let m = x.iter().map(|a| a * a).sum::<f64>() / x.len() as f64;
@@ -251,7 +256,15 @@ fn reference(w: &std::collections::HashMap<String, Vec<f64>>, tokens: &[u32]) ->
     let (base, factor, n0) = (10000f64, 4f64, 32f64);
     let corr =
         |beta: f64| D as f64 * (n0 / (beta * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
-    let (low, high) = (corr(32.0).max(0.0), corr(1.0).min(D as f64 - 1.0));
+    // llama.cpp floors/ceils the range before clamping it to [0, D − 1] (spec §6.1c).
+    let (low, high) = if llamacpp {
+        (
+            corr(32.0).floor().max(0.0),
+            corr(1.0).ceil().min(D as f64 - 1.0),
+        )
+    } else {
+        (corr(32.0).max(0.0), corr(1.0).min(D as f64 - 1.0))
+    };
     let mscale = 1.0 + 0.1 * factor.ln();
     let rope = |x: &mut [f64], p: usize| {
         for i in 0..D / 2 {
@@ -390,7 +403,18 @@ fn reference(w: &std::collections::HashMap<String, Vec<f64>>, tokens: &[u32]) ->
 }
 
 fn run(path: &std::path::Path, tokens: &[u32], ram: usize, batch: usize) -> Vec<f32> {
-    let loaded = kvspool::model::load(path).unwrap();
+    run_with(path, tokens, ram, batch, YarnRounding::Reference)
+}
+
+fn run_with(
+    path: &std::path::Path,
+    tokens: &[u32],
+    ram: usize,
+    batch: usize,
+    rounding: YarnRounding,
+) -> Vec<f32> {
+    let loaded =
+        kvspool::model::load_opts(path, kvspool::model::Precision::Exact, rounding).unwrap();
     let m = &*loaded.model;
     let mut c = TieredConfig::new(ram, common::kv_dir());
     c.dtype = KvDtype::F32;
@@ -406,16 +430,31 @@ fn gpt_oss_matches_an_f64_spec_implementation_and_tiering_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (path, w) = write_model(dir.path());
     let tokens: Vec<u32> = (0..40u32).map(|i| (i * 7 + 3) % V as u32).collect();
-    let want = reference(&w, &tokens);
+    let want = reference(&w, &tokens, false);
     let got = run(&path, &tokens, 1 << 30, 512);
-    let mut maxd = 0.0f64;
-    for (p, row) in want.iter().enumerate() {
-        for (j, &r) in row.iter().enumerate() {
-            maxd = maxd.max((got[p * V + j] as f64 - r).abs());
+    let maxd = |want: &[Vec<f64>], got: &[f32]| {
+        let mut m = 0.0f64;
+        for (p, row) in want.iter().enumerate() {
+            for (j, &r) in row.iter().enumerate() {
+                m = m.max((got[p * V + j] as f64 - r).abs());
+            }
         }
-    }
-    eprintln!("max |dlogit| vs the f64 spec implementation: {maxd:.2e}");
-    assert!(maxd < 2e-3, "max |dlogit| {maxd}");
+        m
+    };
+    let d = maxd(&want, &got);
+    eprintln!("max |dlogit| vs the f64 spec implementation: {d:.2e}");
+    assert!(d < 2e-3, "max |dlogit| {d}");
+    // --rope-compat llamacpp: the floor/ceil correction range, a different (and checked) model.
+    let want_lc = reference(&w, &tokens, true);
+    let got_lc = run_with(&path, &tokens, 1 << 30, 512, YarnRounding::LlamaCpp);
+    let d_lc = maxd(&want_lc, &got_lc);
+    let d_cross = maxd(&want, &got_lc);
+    eprintln!("llamacpp rounding: {d_lc:.2e} vs its reference, {d_cross:.2e} vs the other");
+    assert!(d_lc < 2e-3, "llamacpp rounding: max |dlogit| {d_lc}");
+    assert!(
+        d_cross > 1e-2,
+        "the two roundings should differ on this model: {d_cross}"
+    );
     // Tiering and batching: a budget of one block's worth and token-by-token prefill give the
     // same bits as everything resident in one batch.
     for (ram, batch) in [(0usize, 512usize), (8192, 7), (1 << 30, 1)] {

@@ -118,6 +118,10 @@ struct RunArgs {
     /// that runs with different KV settings agree bit for bit.
     #[arg(long)]
     final_logits: Option<PathBuf>,
+    /// YaRN correction range: reference (fractional, as the model was trained) or llamacpp
+    /// (floor/ceil, to reproduce llama.cpp's outputs).
+    #[arg(long, default_value = "reference", value_parser = ["reference", "llamacpp"])]
+    rope_compat: String,
     #[command(flatten)]
     kv: CommonKv,
 }
@@ -142,6 +146,10 @@ struct LogitsArgs {
     /// Prompt tokens per forward pass.
     #[arg(long, default_value_t = 512)]
     batch: usize,
+    /// YaRN correction range: reference (fractional, as the model was trained) or llamacpp
+    /// (floor/ceil, to reproduce llama.cpp's outputs).
+    #[arg(long, default_value = "reference", value_parser = ["reference", "llamacpp"])]
+    rope_compat: String,
     #[command(flatten)]
     kv: CommonKv,
 }
@@ -249,6 +257,14 @@ fn model_path(m: &ModelArg) -> Result<PathBuf> {
     }
 }
 
+fn rope_rounding(s: &str) -> kvspool::kernels::YarnRounding {
+    if s == "llamacpp" {
+        kvspool::kernels::YarnRounding::LlamaCpp
+    } else {
+        kvspool::kernels::YarnRounding::Reference
+    }
+}
+
 /// A fingerprint of the model file for the disk tier header (size, tensor table).
 fn fingerprint(file: &GgufFile) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -312,9 +328,9 @@ fn set_threads(n: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn load(m: &ModelArg) -> Result<(Loaded, Tokenizer)> {
+fn load(m: &ModelArg, rope_compat: &str) -> Result<(Loaded, Tokenizer)> {
     let path = model_path(m)?;
-    let loaded = model::load(&path)?;
+    let loaded = model::load_opts(&path, model::Precision::Exact, rope_rounding(rope_compat))?;
     let tok = Tokenizer::from_gguf(&loaded.file)?;
     Ok((loaded, tok))
 }
@@ -337,7 +353,7 @@ fn run(a: RunArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
-    let (loaded, tok) = load(&a.model)?;
+    let (loaded, tok) = load(&a.model, &a.rope_compat)?;
     let n_ctx = ctx_size(&a.kv, &loaded)?;
     let prompt_ids = if let Some(c) = &a.chat {
         let msgs = [ChatMessage::user(c.clone())];
@@ -480,7 +496,7 @@ fn logits(a: LogitsArgs) -> Result<()> {
     } else {
         model::Precision::Exact
     };
-    let loaded = model::load_with(&path, precision)?;
+    let loaded = model::load_opts(&path, precision, rope_rounding(&a.rope_compat))?;
     let n_vocab = loaded.model.n_vocab();
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
         bail!(

@@ -324,6 +324,17 @@ pub fn load(path: &Path) -> Result<Loaded, ModelError> {
 
 /// Open, validate and bind a model file with the given arithmetic.
 pub fn load_with(path: &Path, precision: Precision) -> Result<Loaded, ModelError> {
+    load_opts(path, precision, crate::kernels::YarnRounding::Reference)
+}
+
+/// Open, validate and bind a model file with the given arithmetic and YaRN correction-range
+/// rounding (`Reference`: the model's training-time reference, the default; `LlamaCpp`:
+/// floor/ceil as llama.cpp, `--rope-compat llamacpp`; only models with YaRN use it).
+pub fn load_opts(
+    path: &Path,
+    precision: Precision,
+    rounding: crate::kernels::YarnRounding,
+) -> Result<Loaded, ModelError> {
     let file = Arc::new(GgufFile::open(path)?);
     let config = ModelConfig::from_gguf(&file)?;
     let model: Box<dyn Model> = match &config {
@@ -332,7 +343,7 @@ pub fn load_with(path: &Path, precision: Precision) -> Result<Loaded, ModelError
             file.clone(),
             c.clone(),
             precision,
-            crate::kernels::YarnRounding::Reference,
+            rounding,
         )?),
     };
     Ok(Loaded {
