@@ -328,48 +328,6 @@ fn encode_row(dtype: KvDtype, src: &[f32], dst: &mut [u8]) -> Option<u16> {
     }
 }
 
-/// Decode one unscaled row into `out` (`head_dim` values); returns the row's scale.
-#[inline]
-fn decode_raw(
-    geo: &BlockGeometry,
-    dtype: KvDtype,
-    block: &[u8],
-    v: bool,
-    kv_head: usize,
-    t: usize,
-    out: &mut [f32],
-) -> f32 {
-    let d = geo.head_dim;
-    let off = geo.row_offset(dtype, v, kv_head, t);
-    let src = &block[off..off + d * dtype.elem_bytes()];
-    match dtype {
-        KvDtype::F32 => {
-            for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            1.0
-        }
-        KvDtype::F16 => {
-            // F16C (runtime-detected by `half`) converts the row; the scalar path is the same
-            // IEEE conversion, so results do not depend on the CPU.
-            use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-            let mut bits = [0u16; MAX_HEAD_DIM];
-            for (o, b) in bits.iter_mut().zip(src.chunks_exact(2)) {
-                *o = u16::from_le_bytes([b[0], b[1]]);
-            }
-            bits[..d]
-                .reinterpret_cast::<half::f16>()
-                .convert_to_f32_slice(&mut out[..d]);
-            1.0
-        }
-        KvDtype::Fp8 => {
-            crate::kernels::e4m3_decode(src, &mut out[..d]);
-            let so = geo.scale_offset(v, kv_head, t);
-            bf16_value(u16::from_le_bytes([block[so], block[so + 1]]))
-        }
-    }
-}
-
 /// Decode the `c` consecutive unscaled rows `t..t + c` of K (`is_v = false`) or V of
 /// `kv_head` into `out[..c · head_dim]` (one kernel call: the rows are contiguous in the block)
 /// and their scales into `rs[..c]` (1 for f32 and f16).
@@ -517,7 +475,9 @@ fn decode_row(
     out: &mut [f32],
 ) {
     let out = &mut out[..geo.head_dim];
-    let s = decode_raw(geo, dtype, block, is_v, kv_head, t, out);
+    let mut s = [0.0f32; 1];
+    decode_tile(geo, dtype, block, is_v, kv_head, t, 1, out, &mut s);
+    let s = s[0];
     if s != 1.0 {
         out.iter_mut().for_each(|x| *x *= s);
     }

@@ -50,59 +50,14 @@ fn bind_experts(
     rows: usize,
     n_expert: usize,
 ) -> Experts {
-    let dummy = Experts {
-        ty: GgmlType::F32,
-        rows,
-        cols,
-        row_bytes: 0,
-        info: None,
-    };
-    let Some(t) = b.file.tensor(name) else {
-        b.problems.push(format!("missing tensor {name}"));
-        return dummy;
-    };
-    let want = [cols as u64, rows as u64, n_expert as u64];
-    if t.dims.as_slice() != want {
-        b.problems.push(format!(
-            "tensor {name} has shape {:?}, expected {want:?}",
-            t.dims
-        ));
-        return dummy;
-    }
-    if !t.ty.is_supported() {
-        b.problems.push(format!(
-            "tensor {name} has type {} which kvspool cannot compute with",
-            t.ty
-        ));
-        return dummy;
-    }
+    let t = b.computable(name, &[cols as u64, rows as u64, n_expert as u64]);
     Experts {
-        ty: t.ty,
+        ty: t.map_or(GgmlType::F32, |t| t.ty),
         rows,
         cols,
-        row_bytes: t.row_bytes() as usize,
-        info: Some(t.clone()),
+        row_bytes: t.map_or(0, |t| t.row_bytes() as usize),
+        info: t.cloned(),
     }
-}
-
-/// A 2-D F32 tensor `[n, m]` decoded whole (expert biases: `m` experts × `n` values).
-fn bind_f32_2d(b: &mut Binder<'_>, name: &str, n: usize, m: usize) -> Vec<f32> {
-    let Some(t) = b.file.tensor(name) else {
-        b.problems.push(format!("missing tensor {name}"));
-        return Vec::new();
-    };
-    if t.dims.as_slice() != [n as u64, m as u64] {
-        b.problems.push(format!(
-            "tensor {name} has shape {:?}, expected [{n}, {m}]",
-            t.dims
-        ));
-        return Vec::new();
-    }
-    let mut out = vec![0.0f32; n * m];
-    if let Err(e) = crate::quant::dequantize_row(t.ty, b.file.tensor_bytes(t), &mut out) {
-        b.problems.push(format!("tensor {name}: {e}"));
-    }
-    out
 }
 
 struct Layer {
@@ -199,11 +154,11 @@ impl GptOss {
                 router: b.matrix(&n("ffn_gate_inp.weight"), e, ne),
                 router_b: b.vector(&n("ffn_gate_inp.bias"), ne),
                 gate: bind_experts(&mut b, &n("ffn_gate_exps.weight"), e, ff, ne),
-                gate_b: bind_f32_2d(&mut b, &n("ffn_gate_exps.bias"), ff, ne),
+                gate_b: b.values(&n("ffn_gate_exps.bias"), &[ff as u64, ne as u64]),
                 up: bind_experts(&mut b, &n("ffn_up_exps.weight"), e, ff, ne),
-                up_b: bind_f32_2d(&mut b, &n("ffn_up_exps.bias"), ff, ne),
+                up_b: b.values(&n("ffn_up_exps.bias"), &[ff as u64, ne as u64]),
                 down: bind_experts(&mut b, &n("ffn_down_exps.weight"), ff, e, ne),
-                down_b: bind_f32_2d(&mut b, &n("ffn_down_exps.bias"), e, ne),
+                down_b: b.values(&n("ffn_down_exps.bias"), &[e as u64, ne as u64]),
                 rope: RopeParams {
                     n_dims: cfg.rope_dim,
                     freq_base: if sliding {
@@ -321,14 +276,7 @@ impl Model for GptOss {
             }
         };
         for (il, l) in self.layers.iter().enumerate() {
-            for t in 0..n {
-                kernels::rmsnorm(
-                    &x[t * e..(t + 1) * e],
-                    &l.attn_norm,
-                    c.rms_eps,
-                    &mut xn[t * e..(t + 1) * e],
-                );
-            }
+            super::rmsnorm_rows(&x, &l.attn_norm, c.rms_eps, &mut xn);
             l.wq.matmul(f, p, &xn, n, &mut q);
             l.wk.matmul(f, p, &xn, n, &mut k);
             l.wv.matmul(f, p, &xn, n, &mut v);
@@ -353,14 +301,7 @@ impl Model for GptOss {
             l.wo.matmul(f, p, &att, n, &mut tmp);
             add_bias(&mut tmp, &l.bo);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-            for t in 0..n {
-                kernels::rmsnorm(
-                    &x[t * e..(t + 1) * e],
-                    &l.post_norm,
-                    c.rms_eps,
-                    &mut xn[t * e..(t + 1) * e],
-                );
-            }
+            super::rmsnorm_rows(&x, &l.post_norm, c.rms_eps, &mut xn);
             tmp.iter_mut().for_each(|a| *a = 0.0);
             for t in 0..n {
                 self.moe(l, &xn[t * e..(t + 1) * e], &mut tmp[t * e..(t + 1) * e]);

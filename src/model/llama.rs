@@ -148,14 +148,7 @@ impl Model for Llama {
         let fuse = n == 1 && self.precision == Precision::Exact;
 
         for (il, l) in self.layers.iter().enumerate() {
-            for t in 0..n {
-                kernels::rmsnorm(
-                    &x[t * e..(t + 1) * e],
-                    &l.attn_norm,
-                    c.rms_eps,
-                    &mut xn[t * e..(t + 1) * e],
-                );
-            }
+            super::rmsnorm_rows(&x, &l.attn_norm, c.rms_eps, &mut xn);
             if fuse {
                 super::matvec_fused(
                     f,
@@ -185,14 +178,7 @@ impl Model for Llama {
             l.wo.matmul(f, self.precision, &att, n, &mut tmp);
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
 
-            for t in 0..n {
-                kernels::rmsnorm(
-                    &x[t * e..(t + 1) * e],
-                    &l.ffn_norm,
-                    c.rms_eps,
-                    &mut xn[t * e..(t + 1) * e],
-                );
-            }
+            super::rmsnorm_rows(&x, &l.ffn_norm, c.rms_eps, &mut xn);
             if fuse {
                 super::matvec_fused(f, &xn, vec![(&l.w_gate, &mut gate), (&l.w_up, &mut up)]);
             } else {

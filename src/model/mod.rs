@@ -163,6 +163,14 @@ pub(crate) fn embed(
     Ok(x)
 }
 
+/// RMSNorm of every row of `x` (rows of `weight.len()` values) into `out`.
+pub(crate) fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let e = weight.len();
+    for (xr, or) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+        crate::kernels::rmsnorm(xr, weight, eps, or);
+    }
+}
+
 /// The output head: RMSNorm (`norm`, `eps`) then `output` over the rows of `x` (`n × cols`)
 /// selected by `want`, into `logits` (row-major, `output.rows` each).
 #[allow(clippy::too_many_arguments)]
@@ -227,8 +235,8 @@ pub fn matvec_fused(f: &GgufFile, x: &[f32], jobs: Vec<(&Weight, &mut [f32])>) {
 
 /// Binds tensors by name, checking shape and type, collecting every problem.
 pub(crate) struct Binder<'f> {
-    pub(crate) file: &'f GgufFile,
-    pub(crate) problems: Vec<String>,
+    file: &'f GgufFile,
+    problems: Vec<String>,
 }
 
 impl<'f> Binder<'f> {
@@ -239,60 +247,77 @@ impl<'f> Binder<'f> {
         }
     }
 
-    /// A matrix with `cols` inputs (ne0) and `rows` outputs (ne1).
-    pub(crate) fn matrix(&mut self, name: &str, cols: usize, rows: usize) -> Weight {
-        let dummy = Weight {
-            ty: GgmlType::F32,
-            rows,
-            cols,
-            info: None,
-            row_bytes: 0,
-        };
-        let Some(t) = self.file.tensor(name) else {
+    /// The tensor `name` if it exists with exactly the shape `dims` (ggml order); otherwise the
+    /// problem is recorded and `None` returned.
+    fn shaped(&mut self, name: &str, dims: &[u64]) -> Option<&'f crate::gguf::TensorInfo> {
+        let file = self.file;
+        let Some(t) = file.tensor(name) else {
             self.problems.push(format!("missing tensor {name}"));
-            return dummy;
+            return None;
         };
-        if t.dims.len() != 2 || t.dims[0] != cols as u64 || t.dims[1] != rows as u64 {
+        if t.dims.as_slice() != dims {
             self.problems.push(format!(
-                "tensor {name} has shape {:?}, expected [{cols}, {rows}]",
+                "tensor {name} has shape {:?}, expected {dims:?}",
                 t.dims
             ));
-            return dummy;
+            return None;
         }
+        Some(t)
+    }
+
+    /// Like [`Self::shaped`], and of a type the kernels compute with.
+    pub(crate) fn computable(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+    ) -> Option<&'f crate::gguf::TensorInfo> {
+        let t = self.shaped(name, dims)?;
         if !t.ty.is_supported() {
             self.problems.push(format!(
                 "tensor {name} has type {} which kvspool cannot compute with (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, MXFP4)",
                 t.ty
             ));
-            return dummy;
+            return None;
         }
-        Weight {
-            ty: t.ty,
-            rows,
-            cols,
-            row_bytes: t.row_bytes() as usize,
-            info: Some(t.clone()),
-        }
+        Some(t)
     }
 
-    /// A 1-D tensor of `n` values, decoded to f32 once (norm weights, biases: small).
-    pub(crate) fn vector(&mut self, name: &str, n: usize) -> Vec<f32> {
-        let Some(t) = self.file.tensor(name) else {
-            self.problems.push(format!("missing tensor {name}"));
+    /// Every value of the tensor `name` of shape `dims`, decoded to f32 once (norm weights,
+    /// biases, sinks: small tensors).
+    pub(crate) fn values(&mut self, name: &str, dims: &[u64]) -> Vec<f32> {
+        let Some(t) = self.shaped(name, dims) else {
             return Vec::new();
         };
-        if t.dims.len() != 1 || t.dims[0] != n as u64 {
-            self.problems.push(format!(
-                "tensor {name} has shape {:?}, expected [{n}]",
-                t.dims
-            ));
-            return Vec::new();
-        }
-        let mut out = vec![0.0f32; n];
+        let mut out = vec![0.0f32; dims.iter().product::<u64>() as usize];
         if let Err(e) = crate::quant::dequantize_row(t.ty, self.file.tensor_bytes(t), &mut out) {
             self.problems.push(format!("tensor {name}: {e}"));
         }
         out
+    }
+
+    /// A matrix with `cols` inputs (ne0) and `rows` outputs (ne1).
+    pub(crate) fn matrix(&mut self, name: &str, cols: usize, rows: usize) -> Weight {
+        match self.computable(name, &[cols as u64, rows as u64]) {
+            Some(t) => Weight {
+                ty: t.ty,
+                rows,
+                cols,
+                row_bytes: t.row_bytes() as usize,
+                info: Some(t.clone()),
+            },
+            None => Weight {
+                ty: GgmlType::F32,
+                rows,
+                cols,
+                info: None,
+                row_bytes: 0,
+            },
+        }
+    }
+
+    /// A 1-D tensor of `n` values, decoded to f32 once.
+    pub(crate) fn vector(&mut self, name: &str, n: usize) -> Vec<f32> {
+        self.values(name, &[n as u64])
     }
 
     pub(crate) fn finish(self) -> Result<(), ModelError> {
