@@ -304,6 +304,8 @@ pub struct TieredKv {
     prefetch_pinned: usize,
     prefetcher: Option<Box<dyn Prefetcher>>,
     staging: Vec<Option<Arc<AlignedBuf>>>,
+    /// Per-block partial attention states of a decode chunk, reused across calls.
+    parts: Vec<AttnState>,
     staging_res: Vec<Option<Result<(), String>>>,
     spare: Vec<Arc<AlignedBuf>>,
     pinned_peak: usize,
@@ -494,6 +496,7 @@ impl TieredKv {
                 .prefetch
                 .then(|| Box::new(Sequential) as Box<dyn Prefetcher>),
             staging: Vec::new(),
+            parts: Vec::new(),
             staging_res: Vec::new(),
             spare: Vec::new(),
             pinned_peak: 0,
@@ -1260,38 +1263,47 @@ impl Pass<'_> {
     }
 
     /// Merge the blocks of one chunk (in order) into the running `states`.
-    fn run_chunk(&self, blocks: &[(usize, &[u8])], len: usize, states: &mut [AttnState]) {
+    /// `parts` is scratch for the decode path's per-block states (grown as needed, reused).
+    fn run_chunk(
+        &self,
+        blocks: &[(usize, &[u8])],
+        len: usize,
+        states: &mut [AttnState],
+        parts: &mut Vec<AttnState>,
+    ) {
         let (n_tokens, group, n_kv) = (self.q.n_tokens, self.group, self.n_kv);
         let d = self.bgeo.head_dim;
         if n_tokens <= 2 {
             // Decode: parallel over (block, token, KV head), then merge in block order.
             let tasks = blocks.len() * n_tokens * n_kv;
-            let parts: Vec<Option<Vec<AttnState>>> = (0..tasks)
-                .into_par_iter()
-                .map_init(
+            if parts.len() < tasks * group {
+                parts.resize_with(tasks * group, || AttnState::new(d));
+            }
+            parts[..tasks * group]
+                .par_chunks_mut(group)
+                .enumerate()
+                .for_each_init(
                     || BlockScratch::new(&self.bgeo, group),
-                    |scratch, i| {
+                    |scratch, (i, p)| {
                         let (bi, rest) = (i / (n_tokens * n_kv), i % (n_tokens * n_kv));
                         let (t, g) = (rest / n_kv, rest % n_kv);
                         let (b, data) = blocks[bi];
                         let r = self.range(b, t, len);
-                        if r.is_empty() {
-                            return None;
+                        if !r.is_empty() {
+                            self.partial(t, g, data, r, p, scratch);
                         }
-                        let mut p = vec![AttnState::new(d); group];
-                        self.partial(t, g, data, r, &mut p, scratch);
-                        Some(p)
                     },
-                )
-                .collect();
-            for bi in 0..blocks.len() {
+                );
+            for (bi, &(b, _)) in blocks.iter().enumerate() {
                 for t in 0..n_tokens {
+                    if self.range(b, t, len).is_empty() {
+                        continue;
+                    }
                     for g in 0..n_kv {
-                        if let Some(p) = &parts[(bi * n_tokens + t) * n_kv + g] {
-                            let h0 = t * self.q.n_head + g * group;
-                            for (s, ps) in states[h0..h0 + group].iter_mut().zip(p) {
-                                s.merge(ps);
-                            }
+                        let p = &parts[((bi * n_tokens + t) * n_kv + g) * group..][..group];
+                        let h0 = t * self.q.n_head + g * group;
+                        for (s, ps) in states[h0..h0 + group].iter_mut().zip(p) {
+                            s.merge(ps);
                         }
                     }
                 }
@@ -1515,7 +1527,7 @@ impl KvCache for TieredKv {
                         )));
                     }
                 }
-                pass.run_chunk(&blocks, stored, &mut states);
+                pass.run_chunk(&blocks, stored, &mut states, &mut self.parts);
                 b = end;
                 continue;
             }
@@ -1548,7 +1560,7 @@ impl KvCache for TieredKv {
                     // The tail block (partially filled) closes the range.
                     blocks.push((n_sealed, &self.layers[layer].tail[..]));
                 }
-                pass.run_chunk(&blocks, stored, &mut states);
+                pass.run_chunk(&blocks, stored, &mut states, &mut self.parts);
             }
             self.release(&held)?;
             b = end;
