@@ -326,3 +326,59 @@ fn kernels_e4m3_decode_matches_the_table_at_every_level() {
         }
     }
 }
+
+/// The block-attention tile kernels against the scalar level: `dots_multi` within the
+/// summation bound, `axpys_multi` bit-equal to `axpy` per row at its level (the SIMD levels use
+/// one FMA per element, rows in order), on awkward head sizes, query counts and row counts.
+#[test]
+fn kernels_dots_and_axpys_multi_every_level() {
+    let mut rng = Rng(21);
+    for &d in &[1usize, 15, 16, 17, 32, 48, 64, 80, 128] {
+        for &nq in &[1usize, 3, 4, 5, 8, 9] {
+            for &c in &[1usize, 7, 16] {
+                let qs = rng.vec(nq * d, 1.0);
+                let keys = rng.vec(c * d, 1.0);
+                let w = rng.vec(nq * c, 1.0);
+                let acc0 = rng.vec(nq * d, 1.0);
+                for level in SimdLevel::available() {
+                    let ldo = c + 2;
+                    let mut out = vec![f32::NAN; nq * ldo];
+                    kernels::dots_multi_at(level, &qs, d, &keys, c, &mut out, ldo);
+                    for qi in 0..nq {
+                        for i in 0..c {
+                            let (q, k) = (&qs[qi * d..][..d], &keys[i * d..][..d]);
+                            let exact: f64 =
+                                q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let mag: f64 = q
+                                .iter()
+                                .zip(k)
+                                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                                .sum();
+                            let got = out[qi * ldo + i] as f64;
+                            assert!(
+                                (got - exact).abs() <= gamma(d + 8) * mag,
+                                "{level} d={d} nq={nq} c={c}: {got} vs {exact}"
+                            );
+                        }
+                        // Columns beyond c are not written.
+                        assert!(out[qi * ldo + c].is_nan());
+                    }
+                    let mut acc = acc0.clone();
+                    kernels::axpys_multi_at(level, &w, c, &keys, c, &mut acc, d);
+                    let mut want = acc0.clone();
+                    for qi in 0..nq {
+                        for i in 0..c {
+                            kernels::axpy_at(
+                                level,
+                                w[qi * c + i],
+                                &keys[i * d..][..d],
+                                &mut want[qi * d..][..d],
+                            );
+                        }
+                    }
+                    assert_eq!(acc, want, "{level} d={d} nq={nq} c={c}");
+                }
+            }
+        }
+    }
+}

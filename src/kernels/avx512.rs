@@ -669,25 +669,6 @@ pub(super) fn sum_squares_f64(x: &[f32]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Safe entry points for the dispatcher.
 
-/// `out[i] = q · keys[i·stride ..][..q.len()]` for every `i < out.len()` (bounds checked by the
-/// caller).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) fn dots_strided(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
-    let d = q.len();
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = dot_f32(q, &keys[i * stride..i * stride + d]);
-    }
-}
-
-/// `acc += Σᵢ p[i] · values[i·stride ..][..acc.len()]` (bounds checked by the caller).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) fn axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) {
-    let d = acc.len();
-    for (i, &pi) in p.iter().enumerate() {
-        axpy(pi, &values[i * stride..i * stride + d], acc);
-    }
-}
-
 /// `exp` of 16 lanes by the recipe of `scalar::expc` (same operations, same bits).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -938,8 +919,6 @@ pub(super) mod checked {
         ) -> ();
         dot_f32(a: &[f32], b: &[f32]) -> f32;
         axpy(a: f32, x: &[f32], y: &mut [f32]) -> ();
-        dots_strided(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) -> ();
-        axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) -> ();
         sum_squares_f64(x: &[f32]) -> f64;
         exp_shift_sum(x: &mut [f32], m: f32) -> f32;
         e4m3_decode(src: &[u8], out: &mut [f32]) -> ();

@@ -97,34 +97,6 @@ pub fn axpy_at(level: SimdLevel, a: f32, x: &[f32], y: &mut [f32]) {
     at_level!(level, axpy(a, x, y))
 }
 
-/// `out[i] = q · keys[i·stride ..][..q.len()]` for every `i < out.len()`: the scores of one
-/// query against a run of cached keys, in one dispatched call. Same bits as calling
-/// [`dot_f32`] per key. Panics (caller contract) if `keys` is too short.
-pub fn dots_strided(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
-    let level = simd_level();
-    if let Some(last) = out.len().checked_sub(1) {
-        assert!(
-            keys.len() >= last * stride + q.len(),
-            "dots_strided: keys too short"
-        );
-    }
-    at_level!(level, dots_strided(q, keys, stride, out))
-}
-
-/// `acc += Σᵢ p[i] · values[i·stride ..][..acc.len()]`: the weighted sum of a run of cached
-/// values, in one dispatched call. Same bits as calling [`axpy`] per value row. Panics (caller
-/// contract) if `values` is too short.
-pub fn axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) {
-    let level = simd_level();
-    if let Some(last) = p.len().checked_sub(1) {
-        assert!(
-            values.len() >= last * stride + acc.len(),
-            "axpys_strided: values too short"
-        );
-    }
-    at_level!(level, axpys_strided(p, values, stride, acc))
-}
-
 /// `x[i] = exp(x[i] − m)` and the sum of the results: the softmax step of attention.
 /// Every SIMD level computes each `exp` with the same operations as the scalar path (bit-equal
 /// values, ≤ 2 ulp from the true exponential; 0 below −87.33); the sum's order differs by level.

@@ -108,22 +108,6 @@ pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `out[i] = q · keys[i·stride ..][..q.len()]` for every `i < out.len()`.
-pub(crate) fn dots_strided(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
-    let d = q.len();
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = dot_f32(q, &keys[i * stride..i * stride + d]);
-    }
-}
-
-/// `acc += Σᵢ p[i] · values[i·stride ..][..acc.len()]`.
-pub(crate) fn axpys_strided(p: &[f32], values: &[f32], stride: usize, acc: &mut [f32]) {
-    let d = acc.len();
-    for (i, &pi) in p.iter().enumerate() {
-        axpy(pi, &values[i * stride..i * stride + d], acc);
-    }
-}
-
 /// `Σ x[i]²` with each square rounded to f32 and the sum accumulated in f64, in order (ggml's
 /// `rms_norm_f32`).
 pub(crate) fn sum_squares_f64(x: &[f32]) -> f64 {
