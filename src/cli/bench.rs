@@ -157,27 +157,9 @@ fn decode(a: DecodeArgs) -> Result<()> {
         };
         (full * 2 * geo.row_len() * bpv * n_ctx) as u64
     };
-    // Default budget: every block of the store resident (slots include the checksum page).
-    let all_resident = {
-        let bg = kvspool::kv::format::BlockGeometry {
-            block_tokens: a.kv.block_tokens,
-            n_head_kv: geo.n_head_kv,
-            head_dim: geo.head_dim,
-        };
-        let dg = kvspool::kv::disk::DiskGeometry {
-            fingerprint: 0,
-            n_layer: geo.n_layer as u32,
-            n_head_kv: geo.n_head_kv as u32,
-            head_dim: geo.head_dim as u32,
-            block_tokens: a.kv.block_tokens as u32,
-            dtype_id: 0,
-            payload_bytes: bg.layout(a.kv.dtype()?).used_bytes as u32,
-        };
-        let full = geo.windows.iter().filter(|w| w.is_none()).count() as u64;
-        let blocks = full * n_ctx.div_ceil(a.kv.block_tokens) as u64;
-        use kvspool::kv::tiered::{INDEX_BYTES_PER_BLOCK, INDEX_BYTES_PER_FRAME};
-        blocks * (dg.slot_bytes() + (INDEX_BYTES_PER_BLOCK + INDEX_BYTES_PER_FRAME) as u64)
-    };
+    // Default budget: every block of the store resident.
+    let all_resident =
+        kvspool::kv::tiered::budget_for_all(&geo, a.kv.block_tokens, a.kv.dtype()?) as u64;
     let ram = a.kv.ram_bytes(|| all_resident)?;
     let (mut kv, _tmp) = a.kv.build(geo.clone(), ram, fp, 512)?;
     let rss0 = self_status_bytes("VmRSS:").unwrap_or(0);

@@ -63,9 +63,9 @@ pub fn machine_ram() -> Option<u64> {
     meminfo_kib("MemTotal:").map(|k| k * 1024)
 }
 
-/// A field of /proc/meminfo, in KiB.
-pub fn meminfo_kib(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+/// The KiB value of the line starting with `key` in a /proc file (`Key:   123 kB`).
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
     s.lines()
         .find(|l| l.starts_with(key))?
         .split_whitespace()
@@ -74,17 +74,14 @@ pub fn meminfo_kib(key: &str) -> Option<u64> {
         .ok()
 }
 
+/// A field of /proc/meminfo, in KiB.
+pub fn meminfo_kib(key: &str) -> Option<u64> {
+    proc_kib("/proc/meminfo", key)
+}
+
 /// A field of /proc/self/status (VmHWM, VmRSS), in bytes.
 pub fn self_status_bytes(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = s
-        .lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    proc_kib("/proc/self/status", key).map(|k| k * 1024)
 }
 
 impl CommonKv {

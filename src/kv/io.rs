@@ -188,30 +188,21 @@ fn run(mut disk: DiskTier, rx: Receiver<IoReq>, done: Sender<IoDone>) {
             disk.prefetch(&ahead);
         }
         // Only unique buffers are read into; a shared one is a misuse, answered as such.
-        let mut results: Vec<Option<Result<(), DiskError>>> = reads
-            .iter_mut()
-            .map(|r| {
-                Arc::get_mut(&mut r.buf).map_or_else(
-                    || {
-                        Some(Err(DiskError::Contract(format!(
-                            "read of slot {} into a shared buffer",
-                            r.slot
-                        ))))
-                    },
-                    |_| None,
-                )
-            })
-            .collect();
+        let mut results: Vec<Option<Result<(), DiskError>>> = Vec::with_capacity(reads.len());
         {
             let mut reqs: Vec<ReadReq<'_>> = Vec::with_capacity(reads.len());
             let mut idx = Vec::with_capacity(reads.len());
             for (i, r) in reads.iter_mut().enumerate() {
-                if results[i].is_none() {
-                    let slot = r.slot;
-                    if let Some(buf) = Arc::get_mut(&mut r.buf) {
+                let slot = r.slot;
+                match Arc::get_mut(&mut r.buf) {
+                    Some(buf) => {
                         reqs.push(ReadReq { slot, buf });
                         idx.push(i);
+                        results.push(None);
                     }
+                    None => results.push(Some(Err(DiskError::Contract(format!(
+                        "read of slot {slot} into a shared buffer"
+                    ))))),
                 }
             }
             match disk.read_blocks_each(&mut reqs) {

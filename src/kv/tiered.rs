@@ -275,10 +275,10 @@ static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// RAM allowance per block of the context for its index entry (slot, the two key-bound vectors'
 /// headers and allocator overhead, the eviction policy's history), charged to `--kv-ram`.
-pub const INDEX_BYTES_PER_BLOCK: usize = 160;
+const INDEX_BYTES_PER_BLOCK: usize = 160;
 /// RAM allowance per frame of the RAM tier (frame state and info, block map and policy
 /// entries), charged to `--kv-ram`.
-pub const INDEX_BYTES_PER_FRAME: usize = 256;
+const INDEX_BYTES_PER_FRAME: usize = 256;
 
 /// The tiered KV cache (see the module docs).
 pub struct TieredKv {
@@ -358,6 +358,43 @@ fn sweep_stale_files(dir: &Path) {
     }
 }
 
+/// The disk-tier geometry of a cache (a slot = a block's used bytes + checksum trailer,
+/// 4 KiB-aligned; also the size of a RAM-tier frame).
+fn disk_geometry(
+    geo: &KvGeometry,
+    block_tokens: usize,
+    dtype: KvDtype,
+    fingerprint: u64,
+) -> DiskGeometry {
+    let bgeo = BlockGeometry {
+        block_tokens,
+        n_head_kv: geo.n_head_kv,
+        head_dim: geo.head_dim,
+    };
+    DiskGeometry {
+        fingerprint,
+        n_layer: geo.n_layer as u32,
+        n_head_kv: geo.n_head_kv as u32,
+        head_dim: geo.head_dim as u32,
+        block_tokens: block_tokens as u32,
+        dtype_id: dtype_id(dtype),
+        payload_bytes: bgeo.layout(dtype).used_bytes as u32,
+    }
+}
+
+/// Blocks the full-attention layers of `geo` hold at `n_ctx` positions.
+fn max_store_blocks(geo: &KvGeometry, block_tokens: usize) -> usize {
+    geo.windows.iter().filter(|w| w.is_none()).count() * geo.n_ctx.div_ceil(block_tokens)
+}
+
+/// The smallest `--kv-ram` with which every block of `geo` stays resident (frames plus the
+/// index allowance).
+pub fn budget_for_all(geo: &KvGeometry, block_tokens: usize, dtype: KvDtype) -> usize {
+    let slot = disk_geometry(geo, block_tokens.max(1), dtype, 0).slot_bytes() as usize;
+    max_store_blocks(geo, block_tokens.max(1))
+        * (slot + INDEX_BYTES_PER_BLOCK + INDEX_BYTES_PER_FRAME)
+}
+
 fn dtype_id(d: KvDtype) -> u32 {
     match d {
         KvDtype::F32 => 0,
@@ -409,15 +446,7 @@ impl TieredKv {
         };
         bgeo.validate()?;
         let layout = bgeo.layout(cfg.dtype);
-        let dgeo = DiskGeometry {
-            fingerprint: cfg.fingerprint,
-            n_layer: geo.n_layer as u32,
-            n_head_kv: geo.n_head_kv as u32,
-            head_dim: geo.head_dim as u32,
-            block_tokens: cfg.block_tokens as u32,
-            dtype_id: dtype_id(cfg.dtype),
-            payload_bytes: layout.used_bytes as u32,
-        };
+        let dgeo = disk_geometry(&geo, cfg.block_tokens, cfg.dtype, cfg.fingerprint);
         let slot_bytes = dgeo.slot_bytes() as usize;
         std::fs::create_dir_all(&cfg.dir).map_err(|source| {
             KvError::Disk(DiskError::NotWritable {
@@ -436,8 +465,7 @@ impl TieredKv {
         // The budget also pays for the bookkeeping of what it caches: a fixed allowance per
         // block the context can hold (slot, bound vectors' headers, policy history) and per
         // frame (frame state, block map, policy entries), when it can afford them.
-        let max_blocks = geo.windows.iter().filter(|w| w.is_none()).count()
-            * geo.n_ctx.div_ceil(cfg.block_tokens);
+        let max_blocks = max_store_blocks(&geo, cfg.block_tokens);
         let block_index = max_blocks * INDEX_BYTES_PER_BLOCK;
         let frames =
             cfg.ram_bytes.saturating_sub(block_index) / (slot_bytes + INDEX_BYTES_PER_FRAME);
