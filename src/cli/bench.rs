@@ -134,7 +134,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
             let path = super::model_path(&super::ModelArg {
                 model: a.model.clone(),
             })?;
-            Some(kvspool::model::load(&path)?)
+            Some(kvspool::model::load_with(&path, a.kv.precision())?)
         }
     };
     let (geo, n_head, fp) = match &loaded {
@@ -150,12 +150,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
     };
     let kv_total = {
         let full = geo.windows.iter().filter(|w| w.is_none()).count();
-        let bpv = match a.kv.kv_dtype.as_str() {
-            "f32" => 4,
-            "f16" => 2,
-            _ => 1,
-        };
-        (full * 2 * geo.row_len() * bpv * n_ctx) as u64
+        (full as f64 * 2.0 * geo.row_len() as f64 * a.kv.bytes_per_value() * n_ctx as f64) as u64
     };
     // Default budget: every block of the store resident.
     let all_resident =

@@ -21,9 +21,14 @@ pub struct CommonKv {
     /// Directory of the KV disk tier [default: a temporary directory under the cache, removed at exit].
     #[arg(long)]
     pub kv_disk: Option<PathBuf>,
-    /// KV storage format.
-    #[arg(long, default_value = "fp8", value_parser = ["f32", "f16", "fp8"])]
-    pub kv_dtype: String,
+    /// KV storage format [default: fp8; f32 with --precision exact].
+    #[arg(long, value_parser = ["f32", "f16", "fp8"])]
+    pub kv_dtype: Option<String>,
+    /// Arithmetic: fast (activations quantized to 8 bits per 32-block for the integer dots of
+    /// Q4_0/Q4_1/Q8_0/MXFP4 weights, as llama.cpp computes) or exact (f32 activations and
+    /// accumulation, f32 KV unless --kv-dtype says otherwise: reproduces reference implementations).
+    #[arg(long, default_value = "fast", value_parser = ["exact", "fast"])]
+    pub precision: String,
     /// Disk backend: pread (O_DIRECT), uring (io_uring, O_DIRECT), mmap.
     #[arg(long, default_value = "uring", value_parser = ["pread", "uring", "mmap"])]
     pub kv_backend: String,
@@ -85,10 +90,33 @@ pub fn self_status_bytes(key: &str) -> Option<u64> {
 }
 
 impl CommonKv {
+    /// The KV storage format: `--kv-dtype`, else f32 in exact mode and fp8 in fast mode.
     pub fn dtype(&self) -> Result<KvDtype> {
-        self.kv_dtype
-            .parse::<KvDtype>()
+        let d = match &self.kv_dtype {
+            Some(d) => d.as_str(),
+            None if self.precision == "exact" => "f32",
+            None => "fp8",
+        };
+        d.parse::<KvDtype>()
             .map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))
+    }
+
+    /// Bytes per stored K or V value of the KV format (scales aside).
+    pub fn bytes_per_value(&self) -> f64 {
+        match self.dtype() {
+            Ok(KvDtype::F32) => 4.0,
+            Ok(KvDtype::F16) => 2.0,
+            _ => 1.0,
+        }
+    }
+
+    /// The arithmetic of the weight products (`--precision`).
+    pub fn precision(&self) -> kvspool::model::Precision {
+        if self.precision == "exact" {
+            kvspool::model::Precision::Exact
+        } else {
+            kvspool::model::Precision::Fast
+        }
     }
 
     /// Check the options that do not need the model.

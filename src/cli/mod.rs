@@ -136,10 +136,6 @@ struct LogitsArgs {
     /// Which positions to write: all, last, or a comma-separated list of indices.
     #[arg(long, default_value = "all")]
     positions: String,
-    /// exact: f32 activations; fast: activations quantized to 8 bits for Q4/Q8 weights, as
-    /// llama.cpp computes.
-    #[arg(long, default_value = "exact", value_parser = ["exact", "fast"])]
-    precision: String,
     /// Output JSON file.
     #[arg(long)]
     out: PathBuf,
@@ -283,11 +279,7 @@ fn fingerprint(file: &GgufFile) -> u64 {
 
 /// The KV RAM budget `kvspool plan` would pick for this machine, context and dtype.
 fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv) -> u64 {
-    let bpv = match kv.kv_dtype.as_str() {
-        "f32" => 4.0,
-        "f16" => 2.0,
-        _ => 1.0,
-    };
+    let bpv = kv.bytes_per_value();
     let ram = kvopts::machine_ram().unwrap_or(16 << 30);
     let input = kvspool::engine::plan::PlanInput {
         ram_bytes: ram,
@@ -328,9 +320,13 @@ fn set_threads(n: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn load(m: &ModelArg, rope_compat: &str) -> Result<(Loaded, Tokenizer)> {
+fn load(
+    m: &ModelArg,
+    rope_compat: &str,
+    precision: model::Precision,
+) -> Result<(Loaded, Tokenizer)> {
     let path = model_path(m)?;
-    let loaded = model::load_opts(&path, model::Precision::Exact, rope_rounding(rope_compat))?;
+    let loaded = model::load_opts(&path, precision, rope_rounding(rope_compat))?;
     let tok = Tokenizer::from_gguf(&loaded.file)?;
     Ok((loaded, tok))
 }
@@ -353,7 +349,7 @@ fn run(a: RunArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", a.top_p);
     }
-    let (loaded, tok) = load(&a.model, &a.rope_compat)?;
+    let (loaded, tok) = load(&a.model, &a.rope_compat, a.kv.precision())?;
     let n_ctx = ctx_size(&a.kv, &loaded)?;
     let prompt_ids = if let Some(c) = &a.chat {
         let msgs = [ChatMessage::user(c.clone())];
@@ -491,12 +487,7 @@ fn logits(a: LogitsArgs) -> Result<()> {
         bail!("{}: the token list is empty", a.tokens_file.display());
     }
     let path = model_path(&a.model)?;
-    let precision = if a.precision == "fast" {
-        model::Precision::Fast
-    } else {
-        model::Precision::Exact
-    };
-    let loaded = model::load_opts(&path, precision, rope_rounding(&a.rope_compat))?;
+    let loaded = model::load_opts(&path, a.kv.precision(), rope_rounding(&a.rope_compat))?;
     let n_vocab = loaded.model.n_vocab();
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
         bail!(

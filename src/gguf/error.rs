@@ -229,6 +229,10 @@ pub enum GgufError {
     },
 
     /// A required metadata key is absent.
+    /// A shard of a split model is missing, out of place, or inconsistent with the first one.
+    #[error("split model: {reason}")]
+    Split { reason: String },
+
     #[error("metadata key {key:?} is missing; the file is incomplete or not a model GGUF")]
     MissingKey { key: String },
 

@@ -66,6 +66,9 @@ pub struct TensorInfo {
     pub offset: u64,
     /// Size of the data in bytes: `row_bytes() · n_rows()`.
     pub n_bytes: u64,
+    /// Which file of a split model holds the data (0 for single-file models); `offset` is
+    /// within that file.
+    pub shard: u32,
 }
 
 impl TensorInfo {
@@ -121,6 +124,24 @@ impl GgufHeader {
             values: 0,
         }
         .parse()
+    }
+
+    /// Add the tensors of shard `shard` of a split model (its own header, parsed and validated
+    /// against its own file) to this one, the first shard's. Fails on a tensor name seen before.
+    pub(crate) fn absorb_shard(&mut self, shard: u32, other: GgufHeader) -> Result<(), GgufError> {
+        for mut t in other.tensors {
+            if let Some(&first) = self.tensor_index.get(&t.name) {
+                return Err(GgufError::DuplicateTensor {
+                    name: t.name,
+                    first: first as u64,
+                    second: self.tensors.len() as u64,
+                });
+            }
+            t.shard = shard;
+            self.tensor_index.insert(t.name.clone(), self.tensors.len());
+            self.tensors.push(t);
+        }
+        Ok(())
     }
 
     /// GGUF version (2 or 3).
@@ -622,6 +643,7 @@ impl Parser<'_> {
             ty,
             offset,
             n_bytes,
+            shard: 0,
         })
     }
 }

@@ -181,6 +181,7 @@ impl GgufWriter {
             ty,
             offset: 0,
             n_bytes,
+            shard: 0,
         });
         Ok(())
     }

@@ -27,6 +27,14 @@ struct Experts {
 }
 
 impl Experts {
+    /// Ask the kernel to page in expert `e`'s bytes ahead of use (`MADV_WILLNEED`).
+    fn will_need(&self, f: &GgufFile, e: usize) {
+        if let Some(t) = &self.info {
+            let m = self.rows * self.row_bytes;
+            f.will_need(t, e * m..(e + 1) * m);
+        }
+    }
+
     /// `y = W[e] · x` (one token).
     fn matvec(&self, f: &GgufFile, e: usize, x: &[f32], y: &mut [f32]) {
         let Some(t) = &self.info else { return };
@@ -93,6 +101,9 @@ pub struct GptOss {
     out_norm: Vec<f32>,
     output: Weight,
     precision: Precision,
+    /// `madvise(WILLNEED)` the chosen experts' ranges before use (on unless KVSPOOL_NO_WILLNEED
+    /// is set; see docs/BENCHMARKS.md for its measured cost).
+    advise_experts: bool,
 }
 
 impl GptOss {
@@ -181,6 +192,7 @@ impl GptOss {
             out_norm,
             output,
             precision,
+            advise_experts: std::env::var_os("KVSPOOL_NO_WILLNEED").is_none(),
         })
     }
 
@@ -201,6 +213,15 @@ impl GptOss {
         let mut order: Vec<usize> = (0..c.n_expert).collect();
         order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
         let chosen = &order[..c.n_expert_used];
+        if self.advise_experts {
+            // Page in all chosen experts' bytes now, so that on a machine where the weights do
+            // not stay cached the kernel reads the later experts while the first computes.
+            for &x in chosen {
+                l.gate.will_need(f, x);
+                l.up.will_need(f, x);
+                l.down.will_need(f, x);
+            }
+        }
         let zmax = z[chosen[0]];
         let ws: Vec<f32> = chosen.iter().map(|&x| (z[x] - zmax).exp()).collect();
         let wsum: f32 = ws.iter().sum();

@@ -5,7 +5,8 @@
 //
 // TOKENS_FILE holds token ids (a JSON array or whitespace/comma separated). Settings are fixed to
 // the most exact ones llama.cpp has: F32 K and V cache, flash attention off, the whole prompt in a
-// single batch (n_batch = n_ubatch = prompt length), one sequence. Output: JSON on stdout with, per
+// single batch (n_batch = n_ubatch = prompt length), one sequence. LLAMA_REF_SETTINGS=default
+// selects llama.cpp's default context settings instead (F16 K/V, flash attention auto). Output: JSON on stdout with, per
 // position, the TOP_K (id, logit) pairs sorted by logit and the top-1/top-2 margin.
 #include "llama.h"
 
@@ -79,6 +80,20 @@ int main(int argc, char **argv) {
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;
+    // LLAMA_REF_SETTINGS=default: llama.cpp's own defaults instead (F16 K/V, flash attention
+    // auto) -- what a user of llama.cpp gets; used to compare default-mode accuracy.
+    // LLAMA_REF_SETTINGS=q8kv: defaults but Q8_0 K/V (needs flash attention for V).
+    if (const char *s = getenv("LLAMA_REF_SETTINGS")) {
+        std::string v = s;
+        if (v == "default" || v == "q8kv") {
+            cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO;
+            cp.type_k = cp.type_v = v == "q8kv" ? GGML_TYPE_Q8_0 : GGML_TYPE_F16;
+            if (v == "q8kv") cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        } else if (v != "exact") {
+            fprintf(stderr, "llama-ref: LLAMA_REF_SETTINGS must be exact, default or q8kv\n");
+            return 2;
+        }
+    }
     cp.n_threads = cp.n_threads_batch = 2;
     cp.no_perf = true;
     llama_context *ctx = llama_init_from_model(model, cp);
