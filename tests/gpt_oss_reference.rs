@@ -232,6 +232,47 @@ fn tiering_is_bit_exact_for_gpt_oss() {
     }
 }
 
+/// The default fast mode (8-bit activations; f16 KV, the default when the context fits the RAM
+/// budget as here) is at least as accurate as llama.cpp with its defaults (F16 K/V, flash
+/// attention auto; `tools/gpt-oss-llama-ref.py --settings default`): mean |Δlogit| against the
+/// HF golden no larger.
+#[test]
+fn fast_mode_is_at_least_as_accurate_as_llama_cpp() {
+    for name in FIXTURES {
+        let hf = golden(name, &format!("{name}.hf.f32"));
+        let lc = golden(name, &format!("{name}.llamacpp-default.f32"));
+        let loaded = kvspool::model::load_opts(
+            &dir().join(format!("{name}.gguf")),
+            Precision::Fast,
+            YarnRounding::Reference,
+        )
+        .unwrap();
+        let m = &*loaded.model;
+        let mut c = TieredConfig::new(1 << 30, common::kv_dir());
+        c.dtype = KvDtype::F16;
+        let kv = TieredKv::new(m.kv_geometry(hf.tokens.len() + 1), c).unwrap();
+        let mut s = Session::new(m, Box::new(kv));
+        let got = s
+            .prefill(&hf.tokens, 512, LogitsFor::All, &mut |_, _| {})
+            .unwrap();
+        let mean = |x: &[f32]| {
+            x.iter()
+                .zip(&hf.logits)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .sum::<f64>()
+                / x.len() as f64
+        };
+        let (ours, theirs) = (mean(&got), mean(&lc.logits));
+        eprintln!(
+            "{name}: mean |Δlogit| vs HF: kvspool fast {ours:.4}, llama.cpp default {theirs:.4}"
+        );
+        assert!(
+            ours <= theirs,
+            "{name}: kvspool fast {ours} > llama.cpp {theirs}"
+        );
+    }
+}
+
 /// Rewrite the GGUF `src` into `dst` (a directory) as `stem.gguf`, or as `n` shards
 /// `stem-0000K-of-0000N.gguf` (the split layout the 120b ships in: the first shard carries the
 /// metadata, every shard `split.no`/`split.count`/`split.tensors.count`), with every tensor

@@ -21,7 +21,8 @@ pub struct CommonKv {
     /// Directory of the KV disk tier [default: a temporary directory under the cache, removed at exit].
     #[arg(long)]
     pub kv_disk: Option<PathBuf>,
-    /// KV storage format [default: fp8; f32 with --precision exact].
+    /// KV storage format [default: f32 with --precision exact; in fast mode f16 when the whole
+    /// context's KV fits the RAM budget in f16, else fp8].
     #[arg(long, value_parser = ["f32", "f16", "fp8"])]
     pub kv_dtype: Option<String>,
     /// Arithmetic: fast (activations quantized to 8 bits per 32-block for the integer dots of
@@ -84,30 +85,43 @@ pub fn meminfo_kib(key: &str) -> Option<u64> {
     proc_kib("/proc/meminfo", key)
 }
 
+/// Bytes per stored K or V value of `d` (scales aside).
+pub fn bytes_per_value(d: KvDtype) -> f64 {
+    match d {
+        KvDtype::F32 => 4.0,
+        KvDtype::F16 => 2.0,
+        _ => 1.0,
+    }
+}
+
 /// A field of /proc/self/status (VmHWM, VmRSS), in bytes.
 pub fn self_status_bytes(key: &str) -> Option<u64> {
     proc_kib("/proc/self/status", key).map(|k| k * 1024)
 }
 
 impl CommonKv {
-    /// The KV storage format: `--kv-dtype`, else f32 in exact mode and fp8 in fast mode.
-    pub fn dtype(&self) -> Result<KvDtype> {
+    /// The KV storage format when it does not depend on the budget: `--kv-dtype`, or f32 in
+    /// exact mode; `None` in fast mode without `--kv-dtype` (f16 or fp8 by budget, see
+    /// `model_kv` in the CLI).
+    pub fn explicit_dtype(&self) -> Result<Option<KvDtype>> {
         let d = match &self.kv_dtype {
             Some(d) => d.as_str(),
             None if self.precision == "exact" => "f32",
-            None => "fp8",
+            None => return Ok(None),
         };
         d.parse::<KvDtype>()
+            .map(Some)
             .map_err(|e| anyhow::anyhow!("--kv-dtype: {e}"))
     }
 
-    /// Bytes per stored K or V value of the KV format (scales aside).
+    /// The KV storage format for tools without a budget rule (bench): the explicit one, else fp8.
+    pub fn dtype(&self) -> Result<KvDtype> {
+        Ok(self.explicit_dtype()?.unwrap_or(KvDtype::Fp8))
+    }
+
+    /// Bytes per stored K or V value of [`CommonKv::dtype`] (scales aside).
     pub fn bytes_per_value(&self) -> f64 {
-        match self.dtype() {
-            Ok(KvDtype::F32) => 4.0,
-            Ok(KvDtype::F16) => 2.0,
-            _ => 1.0,
-        }
+        self.dtype().map_or(1.0, bytes_per_value)
     }
 
     /// The arithmetic of the weight products (`--precision`).
@@ -147,10 +161,23 @@ impl CommonKv {
         }
     }
 
-    /// Build the cache for `geo`. `max_batch` is the largest prefill chunk.
+    /// Build the cache for `geo` in format [`CommonKv::dtype`]. `max_batch` is the largest
+    /// prefill chunk.
     pub fn build(
         &self,
         geo: KvGeometry,
+        ram_bytes: u64,
+        fingerprint: u64,
+        max_batch: usize,
+    ) -> Result<(TieredKv, TempDir)> {
+        self.build_with(geo, self.dtype()?, ram_bytes, fingerprint, max_batch)
+    }
+
+    /// Build the cache for `geo` in format `dtype`.
+    pub fn build_with(
+        &self,
+        geo: KvGeometry,
+        dtype: KvDtype,
         ram_bytes: u64,
         fingerprint: u64,
         max_batch: usize,
@@ -177,7 +204,7 @@ impl CommonKv {
             }
         };
         let mut cfg = TieredConfig::new(ram_bytes as usize, dir);
-        cfg.dtype = self.dtype()?;
+        cfg.dtype = dtype;
         cfg.block_tokens = self.block_tokens;
         cfg.backend = match self.kv_backend.as_str() {
             "pread" => BackendKind::Pread,

@@ -278,8 +278,7 @@ fn fingerprint(file: &GgufFile) -> u64 {
 }
 
 /// The KV RAM budget `kvspool plan` would pick for this machine, context and dtype.
-fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv) -> u64 {
-    let bpv = kv.bytes_per_value();
+fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv, bpv: f64) -> u64 {
     let ram = kvopts::machine_ram().unwrap_or(16 << 30);
     let input = kvspool::engine::plan::PlanInput {
         ram_bytes: ram,
@@ -298,13 +297,40 @@ fn model_kv(
     n_ctx: usize,
     batch: usize,
 ) -> Result<(kvspool::kv::TieredKv, kvopts::TempDir)> {
-    let ram = kv.ram_bytes(|| planned_kv_ram(loaded, n_ctx, kv))?;
-    kv.build(
-        loaded.model.kv_geometry(n_ctx),
-        ram,
-        fingerprint(&loaded.file),
-        batch,
-    )
+    let geo = loaded.model.kv_geometry(n_ctx);
+    let (dtype, ram) = match kv.explicit_dtype()? {
+        Some(d) => {
+            let bpv = kvopts::bytes_per_value(d);
+            (d, kv.ram_bytes(|| planned_kv_ram(loaded, n_ctx, kv, bpv))?)
+        }
+        None => {
+            // Fast mode's default format: f16 when the whole context's KV fits the RAM budget
+            // in f16 (no disk traffic to save, so keep the precision), else fp8 (half the bytes
+            // on disk and per decode step).
+            use kvspool::kv::format::KvDtype;
+            let all16 = kvspool::kv::tiered::budget_for_all(&geo, kv.block_tokens, KvDtype::F16);
+            match &kv.kv_ram {
+                Some(_) => {
+                    let ram = kv.ram_bytes(|| 0)?;
+                    let d = if ram as usize >= all16 {
+                        KvDtype::F16
+                    } else {
+                        KvDtype::Fp8
+                    };
+                    (d, ram)
+                }
+                None => {
+                    let total16 = (loaded.config.kv_bytes_per_token(2.0) * n_ctx as f64) as u64;
+                    if planned_kv_ram(loaded, n_ctx, kv, 2.0) >= total16 {
+                        (KvDtype::F16, all16 as u64)
+                    } else {
+                        (KvDtype::Fp8, planned_kv_ram(loaded, n_ctx, kv, 1.0))
+                    }
+                }
+            }
+        }
+    };
+    kv.build_with(geo, dtype, ram, fingerprint(&loaded.file), batch)
 }
 
 fn set_threads(n: Option<usize>) -> Result<()> {
