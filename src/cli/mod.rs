@@ -509,6 +509,19 @@ fn run(a: RunArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!();
+        if let Some(out) = &parsed {
+            if out.final_text().is_empty() {
+                eprintln!(
+                    "note: the model gave no final answer (stopped: {}); {}",
+                    g.stop_reason.as_str(),
+                    if a.show_reasoning {
+                        "try a larger -n"
+                    } else {
+                        "see its reasoning with --show-reasoning, or try a larger -n"
+                    }
+                );
+            }
+        }
     }
     if a.stats {
         let t = &g.timings;

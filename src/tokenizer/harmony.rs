@@ -642,6 +642,40 @@ mod tests {
         assert_eq!(out.final_text(), "loose<|channel|>\nx\nafter\nmore");
     }
 
+    proptest::proptest! {
+        /// Any token sequence: no panic, every message's deltas add up to its content, and each
+        /// message but the last ends with a terminator or a truncating <|start|>.
+        #[test]
+        fn any_sequence_parses(seq in proptest::collection::vec(0usize..12, 0..60)) {
+            const ITEMS: [&str; 12] = [
+                "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                "<|return|>", "<|call|>", "<|endoftext|>", "final", "analysis", " to=x", "é",
+            ];
+            let mut p = HarmonyParser::new(IDS);
+            let mut per_msg: Vec<String> = vec![String::new()];
+            let mut closed = 0;
+            for &k in &seq {
+                let d = run(&mut p, &[ITEMS[k]]);
+                // Deltas belong to the message open before this token (closing tokens flush it).
+                for (_, t) in d {
+                    per_msg[closed].push_str(&t);
+                }
+                while p.messages().len() > closed {
+                    closed += 1;
+                    per_msg.push(String::new());
+                }
+            }
+            let (tail, out) = p.finish();
+            if let Some(t) = tail {
+                per_msg[closed].push_str(&t);
+            }
+            let with_content: Vec<&String> = per_msg.iter().filter(|s| !s.is_empty()).collect();
+            let contents: Vec<&String> =
+                out.messages.iter().map(|m| &m.content).filter(|c| !c.is_empty()).collect();
+            proptest::prop_assert_eq!(with_content, contents);
+        }
+    }
+
     #[test]
     fn header_only_messages_and_empty_input() {
         let (tail, out) = HarmonyParser::new(IDS).finish();

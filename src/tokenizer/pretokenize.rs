@@ -12,6 +12,10 @@
 //!   marks are not letters (this is how the peer behaves on the `gpt-4o` pattern, and differs from
 //!   tiktoken for scripts with combining marks, e.g. Devanagari).
 //!
+//! The exception is tiktoken mode ([`pre_config_tiktoken`], used for gpt-oss): tiktoken's o200k
+//! pattern runs as written on the original text, with the regex engine's Unicode general
+//! categories — the same engine and tables tiktoken uses, so the words are tiktoken's.
+//!
 //! The `gpt-4o` pattern and `\p{N}` are also matched by hand on the same collapsed classes (about
 //! 5x faster than the regex engine); property tests check the hand-written matchers against the
 //! regex engine on the same patterns, and the fixtures check everything against llama.cpp.
@@ -1083,6 +1087,13 @@ mod tests {
             let fast = Splitter::build(exprs, true).unwrap();
             let reference = Splitter::build(exprs, false).unwrap();
             proptest::prop_assert_eq!(split_with(&fast, &text), split_with(&reference, &text), "text {:?}", text);
+        }
+
+        #[test]
+        fn o200k_split_tiles_the_text(text in tricky_text()) {
+            // words_cfg asserts that the words are non-empty and tile the text.
+            let w = words_cfg(pre_config_tiktoken("gpt-4o").unwrap(), &text);
+            proptest::prop_assert_eq!(w.concat(), text);
         }
 
         #[test]
