@@ -149,6 +149,11 @@ fn bad_flags_fail_without_panicking() {
     assert_one_line_error(&o, "--temp");
     let o = kvspool(&["tokenize", "--model", &m], &[]);
     assert_one_line_error(&o, "--text");
+    let o = kvspool(
+        &["run", "--model", &m, "--chat", "hi", "-n", "1"],
+        &[("SOURCE_DATE_EPOCH", "yesterday")],
+    );
+    assert_one_line_error(&o, "SOURCE_DATE_EPOCH");
     let o = kvspool(&["plan", "--model", &m, "--ram", "16G"], &[]);
     assert_one_line_error(&o, "ambiguous");
     let o = kvspool(&["plan", "--model", &m, "--ram", "8GiB", "--json"], &[]);
@@ -221,6 +226,8 @@ fn run_json_greedy_is_deterministic_and_well_formed() {
         assert!(!va[k].is_null(), "missing {k}");
     }
     assert!(va["tokens"].as_array().unwrap().len() <= 12);
+    // Not a harmony model: no harmony fields.
+    assert!(va.get("reasoning").is_none() && va.get("messages").is_none());
     for k in ["prefill_s", "prefill_tok_s", "decode_s", "decode_tok_s"] {
         assert!(va["timings"][k].as_f64().unwrap() >= 0.0);
     }

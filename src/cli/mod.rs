@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kvopts::{kv_json, kv_table, CommonKv};
 use kvspool::engine::sampler::SamplerParams;
-use kvspool::engine::{generate, GenParams, Session};
+use kvspool::engine::{generate_with, GenParams, Session};
 use kvspool::gguf::{GgufFile, ModelConfig};
 use kvspool::model::{self, Loaded, LogitsFor};
-use kvspool::tokenizer::{ChatMessage, Tokenizer};
+use kvspool::tokenizer::{ChatMessage, HarmonyIds, HarmonyParser, Tokenizer};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -84,9 +84,16 @@ struct RunArgs {
     /// Read the prompt from a file.
     #[arg(long, group = "input")]
     prompt_file: Option<PathBuf>,
-    /// A user message, wrapped in the model's chat template.
+    /// A user message, wrapped in the model's chat template. For gpt-oss (harmony) models the
+    /// reply is parsed into messages: the `final` channel is printed, the `analysis` channel
+    /// only with --show-reasoning. `strftime_now` in templates reads SOURCE_DATE_EPOCH (Unix
+    /// seconds) when it is set, for reproducible prompts.
     #[arg(long, group = "input")]
     chat: Option<String>,
+    /// With --chat on a harmony (gpt-oss) model: also print the reasoning (`analysis` and
+    /// `commentary` channels) to stderr.
+    #[arg(long)]
+    show_reasoning: bool,
     /// Maximum tokens to generate.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
     n: usize,
@@ -111,7 +118,8 @@ struct RunArgs {
     /// Print timings and the per-layer KV table to stderr at the end.
     #[arg(long)]
     stats: bool,
-    /// Print one JSON object on stdout instead of streaming text.
+    /// Print one JSON object on stdout instead of streaming text ("text": the answer; for
+    /// harmony models also "reasoning" and "messages").
     #[arg(long)]
     json: bool,
     /// Write the logits the last token was sampled from to this file (a JSON array), to check
@@ -379,8 +387,7 @@ fn run(a: RunArgs) -> Result<()> {
     let n_ctx = ctx_size(&a.kv, &loaded)?;
     let prompt_ids = if let Some(c) = &a.chat {
         let msgs = [ChatMessage::user(c.clone())];
-        let text = tok.chat_template()?.render(&msgs, true)?;
-        tok.encode(&text, true)
+        tok.encode_chat(&msgs, source_date_epoch()?)?
     } else {
         let text = match (&a.prompt, &a.prompt_file) {
             (Some(p), _) => p.clone(),
@@ -392,6 +399,12 @@ fn run(a: RunArgs) -> Result<()> {
         };
         // Adds BOS when the vocabulary asks for it; special tokens in the text are recognised.
         tok.encode(&text, true)
+    };
+    // Chat with a harmony model (gpt-oss): the reply is a sequence of harmony messages.
+    let mut harmony = match a.chat {
+        Some(_) => HarmonyIds::from_tokenizer(&tok)
+            .map(|ids| HarmonyParser::after_prompt(ids, &prompt_ids, &tok)),
+        None => None,
     };
     let (kv, _tmp) = model_kv(&a.kv, &loaded, n_ctx, a.batch)?;
     let mut session = Session::new(&*loaded.model, Box::new(kv));
@@ -425,37 +438,75 @@ fn run(a: RunArgs) -> Result<()> {
     };
     let stdout = std::io::stdout();
     let json = a.json;
-    let mut cleared = false;
-    let mut on_text = |s: &str| {
-        if !cleared {
+    let show_reasoning = a.show_reasoning;
+    let cleared = std::cell::Cell::new(false);
+    let clear_bar = || {
+        if !cleared.replace(true) {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }
-            cleared = true;
         }
-        if !json {
+    };
+    let write_out = |s: &str, is_final: bool| {
+        if json || s.is_empty() {
+            return;
+        }
+        if is_final {
             let mut o = stdout.lock();
             let _ = o.write_all(s.as_bytes());
             let _ = o.flush();
+        } else if show_reasoning {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(s.as_bytes());
+            let _ = e.flush();
         }
     };
-    let g = generate(
+    let plain = harmony.is_none();
+    // The channel of the last streamed harmony content (a newline separates messages on stderr).
+    let mut last_final: Option<bool> = None;
+    let mut on_token = |id: u32| {
+        clear_bar();
+        let Some(p) = harmony.as_mut() else { return };
+        if let Some(d) = p.push_token(&tok, id) {
+            let f = d.is_final();
+            if last_final == Some(false) && f {
+                write_out("\n", false);
+            }
+            last_final = Some(f);
+            write_out(&d.text, f);
+        }
+    };
+    let mut on_text = |s: &str| {
+        clear_bar();
+        if plain {
+            write_out(s, true);
+        }
+    };
+    let g = generate_with(
         &mut session,
         &tok,
         &prompt_ids,
         &params,
         &mut progress,
+        &mut on_token,
         &mut on_text,
     )?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    let parsed = harmony.map(|p| {
+        let (tail, out) = p.finish();
+        if let (Some(t), Some(m)) = (tail, out.messages.last()) {
+            write_out(&t, m.is_final());
+        }
+        out
+    });
     if let Some(p) = &a.final_logits {
         write_atomic(p, serde_json::to_string(&g.final_logits)?.as_bytes())?;
     }
     if json {
         let t = &g.timings;
-        let v = json!({
+        let mut v = json!({
             "prompt_tokens": g.prompt_tokens,
             "tokens": g.tokens,
             "text": g.text,
@@ -464,9 +515,35 @@ fn run(a: RunArgs) -> Result<()> {
                         "decode_s": t.decode_s, "decode_tok_s": t.decode_tok_s},
             "kv": session.kv().stats().map(|s| kv_json(&s)),
         });
+        if let Some(out) = &parsed {
+            v["text"] = json!(out.final_text());
+            v["reasoning"] = json!(out.reasoning());
+            v["messages"] = json!(out
+                .messages
+                .iter()
+                .map(
+                    |m| json!({"role": m.role, "channel": m.channel, "recipient": m.recipient,
+                                "content_type": m.content_type, "content": m.content,
+                                "end": m.end.as_str()})
+                )
+                .collect::<Vec<_>>());
+        }
         println!("{v}");
     } else {
         println!();
+        if let Some(out) = &parsed {
+            if out.final_text().is_empty() {
+                eprintln!(
+                    "note: the model gave no final answer (stopped: {}); {}",
+                    g.stop_reason.as_str(),
+                    if a.show_reasoning {
+                        "try a larger -n"
+                    } else {
+                        "see its reasoning with --show-reasoning, or try a larger -n"
+                    }
+                );
+            }
+        }
     }
     if a.stats {
         let t = &g.timings;
@@ -485,6 +562,20 @@ fn run(a: RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH` (Unix seconds), the date chat templates' `strftime_now` reports; unset
+/// or empty = the clock.
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse::<i64>().map(Some).with_context(|| {
+            format!(
+                "SOURCE_DATE_EPOCH={v:?} is not an integer number of seconds since 1970-01-01 UTC"
+            )
+        }),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("SOURCE_DATE_EPOCH is not valid UTF-8"),
+    }
 }
 
 fn parse_ids(s: &str, what: &str) -> Result<Vec<u32>> {

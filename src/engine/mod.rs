@@ -193,6 +193,21 @@ pub fn generate(
     progress: &mut dyn FnMut(usize, usize),
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, EngineError> {
+    generate_with(session, tok, prompt, params, progress, &mut |_| {}, on_text)
+}
+
+/// [`generate`], also calling `on_token(id)` for every sampled token as soon as it is sampled
+/// (including a final end-of-generation token; before `on_text` gets that token's text). Used
+/// to parse structured output such as harmony messages while streaming.
+pub fn generate_with(
+    session: &mut Session<'_>,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: &GenParams,
+    progress: &mut dyn FnMut(usize, usize),
+    on_token: &mut dyn FnMut(u32),
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
@@ -216,6 +231,7 @@ pub fn generate(
     for i in 0..params.max_tokens {
         let next = sampler.sample(&logits);
         out.push(next);
+        on_token(next);
         if tok.is_eog(next) && !params.ignore_eog {
             stop = StopReason::Eog;
             break;

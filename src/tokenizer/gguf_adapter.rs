@@ -126,6 +126,7 @@ impl TokenizerData {
             add_eos: boolean(g, ADD_EOS)?,
             add_space_prefix: boolean(g, ADD_PREFIX)?,
             chat_template: string(g, CHAT_TEMPLATE)?,
+            tiktoken: string(g, "general.architecture")?.as_deref() == Some("gpt-oss"),
         })
     }
 }

@@ -8,9 +8,13 @@
 //!    but USER_DEFINED ones are still cut out, as the peer does.
 //! 2. **Pre-tokenizer** (`tokenizer.ggml.pre`): each remaining fragment is split into words
 //!    ([`pretokenize`]): `smollm`/`starcoder` isolate every digit then apply the GPT-2 splitter;
-//!    `gpt-4o` (gpt-oss, o200k) applies the peer's adaptation of the o200k regex to the peer's
+//!    `gpt-4o` (o200k) applies the peer's adaptation of the o200k regex to the peer's
 //!    codepoint classes — which, unlike tiktoken, does not count combining marks (`\p{M}`) as
-//!    parts of words; `gpt-2`, `default` and the `llama3` family are supported as well.
+//!    parts of words and ignores letter case outside ASCII; `gpt-2`, `default` and the `llama3`
+//!    family are supported as well. With [`TokenizerData::tiktoken`] (set for gpt-oss GGUFs) a
+//!    `gpt-4o` vocabulary follows tiktoken instead: the o200k regex on real Unicode classes, and
+//!    a word that is a token is emitted whole (tests/tokenizer_o200k.rs checks this against
+//!    `tiktoken-rs` token for token).
 //! 3. **BPE** ([`bpe`]) over the bytes of each word with the merge ranks of `tokenizer.ggml.merges`
 //!    (a word's tokens are cached for the rest of the `encode` call).
 //! 4. BOS is prepended only if the vocabulary says `add_bos` (SmolLM2 and gpt-oss: no), EOS
@@ -34,6 +38,7 @@
 mod bpe;
 mod chat;
 mod gguf_adapter;
+mod harmony;
 mod pretokenize;
 mod stream;
 mod unicode;
@@ -42,11 +47,12 @@ mod unicode_data;
 use std::collections::{BTreeSet, HashMap};
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use harmony::{Delta, HarmonyIds, HarmonyMessage, HarmonyOutput, HarmonyParser, MessageEnd};
 pub use stream::StreamDecoder;
 pub use unicode::{byte_to_char, bytes_to_byte_level, char_to_byte};
 
 use bpe::{Bpe, Scratch, NO_TOKEN};
-use pretokenize::{pre_config, PreConfig, Splitter};
+use pretokenize::{pre_config, pre_config_tiktoken, PreConfig, Splitter};
 
 /// Errors of the tokenizer and chat templates.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +168,12 @@ pub struct TokenizerData {
     pub add_space_prefix: Option<bool>,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// Use tiktoken's semantics instead of llama.cpp's for a `gpt-4o`-family pre-tokenizer: the
+    /// o200k regex on real Unicode classes (case in every script, combining marks inside words)
+    /// and whole-word tokens emitted without BPE. [`TokenizerData::from_gguf`] sets it for
+    /// `general.architecture = "gpt-oss"` (trained with tiktoken's `o200k_harmony`); ignored for
+    /// other pre-tokenizers.
+    pub tiktoken: bool,
 }
 
 /// Tokens of the words already encoded by one `encode` call.
@@ -310,6 +322,10 @@ impl Tokenizer {
         }
         let pre = pre_config(&data.pre)
             .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(data.pre.clone()))?;
+        let pre = match data.tiktoken {
+            true => pre_config_tiktoken(&data.pre).unwrap_or(pre),
+            false => pre,
+        };
         let n = data.tokens.len();
         if n == 0 {
             return Err(TokenizerError::EmptyVocab);
@@ -766,6 +782,32 @@ impl Tokenizer {
     /// The raw `tokenizer.chat_template`, if any.
     pub fn chat_template_source(&self) -> Option<&str> {
         self.chat_template.as_deref()
+    }
+
+    /// The prompt text for a conversation: the model's chat template rendered with the
+    /// generation prompt (`add_generation_prompt`), `strftime_now` reading `now` (Unix seconds,
+    /// UTC) when given, else the clock. For gpt-oss this is the harmony prompt ending in
+    /// `<|start|>assistant` (gpt-oss-spec.md §7.4).
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        now: Option<i64>,
+    ) -> Result<String, TokenizerError> {
+        let mut t = self.chat_template()?;
+        if let Some(now) = now {
+            t = t.with_now(now);
+        }
+        t.render(messages, true)
+    }
+
+    /// The prompt ids `kvspool run --chat` feeds the model: [`Tokenizer::render_chat`], tokenized
+    /// with special tokens parsed (BOS only if the vocabulary asks for it; never for gpt-oss).
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        now: Option<i64>,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self.encode(&self.render_chat(messages, now)?, true))
     }
 
     /// The model's chat template, with `bos_token`/`eos_token`/`unk_token`/`pad_token` bound.

@@ -12,6 +12,10 @@
 //!   marks are not letters (this is how the peer behaves on the `gpt-4o` pattern, and differs from
 //!   tiktoken for scripts with combining marks, e.g. Devanagari).
 //!
+//! The exception is tiktoken mode ([`pre_config_tiktoken`], used for gpt-oss): tiktoken's o200k
+//! pattern runs as written on the original text, with the regex engine's Unicode general
+//! categories — the same engine and tables tiktoken uses, so the words are tiktoken's.
+//!
 //! The `gpt-4o` pattern and `\p{N}` are also matched by hand on the same collapsed classes (about
 //! 5x faster than the regex engine); property tests check the hand-written matchers against the
 //! regex engine on the same patterns, and the fixtures check everything against llama.cpp.
@@ -46,6 +50,16 @@ const LLAMA3_RE: &str = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD
 /// as "a letter that is not a-z" / "a letter that is not A-Z", `(?i:…)` spelled out, no `\p{M}`.
 const GPT4O_RE: &str = "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/// tiktoken's o200k pattern exactly as written (`o200k_base().pat_str`, gpt-oss-spec.md §7.3),
+/// matched on the text itself with the regex engine's Unicode general categories (so `\p{Lu}` and
+/// `\p{Ll}` distinguish case in every script and combining marks `\p{M}` belong to words).
+const O200K_RE: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    "|",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
+
 const EXPRS_DEFAULT: &[&str] = &[
     "[\\p{P}\\$\\+<=>\\^~\\|]+",
     GPT2_RE,
@@ -56,6 +70,20 @@ const EXPRS_GPT2: &[&str] = &[GPT2_RE];
 const EXPRS_STARCODER: &[&str] = &["\\p{N}", GPT2_RE];
 const EXPRS_LLAMA3: &[&str] = &[LLAMA3_RE];
 const EXPRS_GPT4O: &[&str] = &[GPT4O_RE];
+const EXPRS_O200K: &[&str] = &[O200K_RE];
+
+/// tiktoken's semantics for the `gpt-4o` family (the o200k vocabulary gpt-oss was trained with):
+/// [`O200K_RE`] on real Unicode classes, and a word that is itself a token is emitted whole
+/// (tiktoken's shortcut before BPE). `None` if `name` is not in the `gpt-4o` family.
+pub(crate) fn pre_config_tiktoken(name: &str) -> Option<PreConfig> {
+    let base = pre_config(name)?;
+    (base.kind == "gpt-4o").then_some(PreConfig {
+        kind: "o200k (tiktoken)",
+        exprs: EXPRS_O200K,
+        ignore_merges: true,
+        ..base
+    })
+}
 
 /// The supported `tokenizer.ggml.pre` names (llama.cpp b11434). `None` for anything else.
 pub(crate) fn pre_config(name: &str) -> Option<PreConfig> {
@@ -99,6 +127,8 @@ enum Stage {
         re: Regex,
         collapsed: bool,
     },
+    /// A regex matched on the original text, without llama.cpp's class collapsing ([`O200K_RE`]).
+    Exact(Regex),
 }
 
 /// A compiled pre-tokenizer.
@@ -198,6 +228,16 @@ fn collapse_regex(expr: &str) -> String {
     out
 }
 
+fn compile(pat: &str, shown: &str) -> Result<Regex, TokenizerError> {
+    fancy_regex::RegexBuilder::new(pat)
+        .backtrack_limit(10_000_000)
+        .build()
+        .map_err(|err| TokenizerError::Regex {
+            pattern: shown.to_string(),
+            message: err.to_string(),
+        })
+}
+
 impl Splitter {
     pub fn new(exprs: &[&str]) -> Result<Splitter, TokenizerError> {
         Splitter::build(exprs, true)
@@ -217,6 +257,8 @@ impl Splitter {
                 Stage::Gpt4o
             } else if hand_written && e == "\\p{N}" {
                 Stage::Digits
+            } else if e == O200K_RE {
+                Stage::Exact(compile(e, e)?)
             } else {
                 let collapsed = uses_ucat(e);
                 let pat = if collapsed {
@@ -224,18 +266,22 @@ impl Splitter {
                 } else {
                     e.to_string()
                 };
-                let re = fancy_regex::RegexBuilder::new(&pat)
-                    .backtrack_limit(10_000_000)
-                    .build()
-                    .map_err(|err| TokenizerError::Regex {
-                        pattern: e.to_string(),
-                        message: err.to_string(),
-                    })?;
-                Stage::Regex { re, collapsed }
+                Stage::Regex {
+                    re: compile(&pat, e)?,
+                    collapsed,
+                }
             };
             stages.push(stage);
         }
-        let need_collapse = exprs.iter().any(|e| uses_ucat(e));
+        let need_collapse = stages.iter().any(|s| {
+            matches!(
+                s,
+                Stage::Regex {
+                    collapsed: true,
+                    ..
+                }
+            )
+        });
         Ok(Splitter {
             stages,
             need_collapse,
@@ -261,6 +307,7 @@ impl Splitter {
         // whitespace → \x0B, llama.cpp's std::wregex path).
         let mut collapsed: Option<RegexText> = None;
         let mut raw: Option<RegexText> = None;
+        let mut exact: Option<RegexText> = None;
 
         let mut offsets: Vec<usize> = vec![cpts.len()];
         for stage in &self.stages {
@@ -282,6 +329,10 @@ impl Splitter {
                     collapsed: false,
                 } => {
                     let t = raw.get_or_insert_with(|| RegexText::new(&cpts, &flags, false));
+                    split_regex(re, t, &offsets)
+                }
+                Stage::Exact(re) => {
+                    let t = exact.get_or_insert_with(|| RegexText::exact(text, &cpts));
                     split_regex(re, t, &offsets)
                 }
             };
@@ -323,6 +374,22 @@ impl RegexText {
             s.push(m);
         }
         off.push(s.len());
+        RegexText::index(s, off)
+    }
+
+    /// The text unchanged.
+    fn exact(text: &str, cpts: &[char]) -> RegexText {
+        let mut off = Vec::with_capacity(cpts.len() + 1);
+        let mut o = 0usize;
+        for &c in cpts {
+            off.push(o);
+            o += c.len_utf8();
+        }
+        off.push(o);
+        RegexText::index(text.to_string(), off)
+    }
+
+    fn index(s: String, off: Vec<usize>) -> RegexText {
         let mut cpt_at = vec![0u32; s.len() + 1];
         for (i, &o) in off.iter().enumerate() {
             cpt_at[o] = i as u32;
@@ -845,7 +912,10 @@ mod tests {
     use proptest::prelude::{any, prop_oneof, Just, Strategy};
 
     fn words(pre: &str, text: &str) -> Vec<String> {
-        let cfg = pre_config(pre).expect("known pre-tokenizer");
+        words_cfg(pre_config(pre).expect("known pre-tokenizer"), text)
+    }
+
+    fn words_cfg(cfg: PreConfig, text: &str) -> Vec<String> {
         let sp = Splitter::new(cfg.exprs).expect("compiles");
         let mut out = Vec::new();
         sp.split(text, &mut out);
@@ -926,6 +996,20 @@ mod tests {
     }
 
     #[test]
+    fn o200k_splits_like_tiktoken() {
+        let w = |t: &str| words_cfg(pre_config_tiktoken("gpt-4o").unwrap(), t);
+        // Combining marks belong to words; case matters in every script.
+        assert_eq!(w("नमस्ते"), ["नमस्ते"]);
+        assert_eq!(w("ПРИВЕТмир"), ["ПРИВЕТмир"]);
+        assert_eq!(w("приветМир"), ["привет", "Мир"]);
+        assert_eq!(w("e\u{301}'S x"), ["e\u{301}'S", " x"]);
+        assert_eq!(w("HTTPServer isOK"), ["HTTPServer", " is", "OK"]);
+        assert_eq!(w("a/b//\n"), ["a", "/b", "//\n"]);
+        assert!(pre_config_tiktoken("smollm").is_none());
+        assert!(pre_config_tiktoken("llama4").unwrap().ignore_merges);
+    }
+
+    #[test]
     fn llama3_splits() {
         assert_eq!(
             words("llama-bpe", "I'M 12345  x\n\n y"),
@@ -1003,6 +1087,13 @@ mod tests {
             let fast = Splitter::build(exprs, true).unwrap();
             let reference = Splitter::build(exprs, false).unwrap();
             proptest::prop_assert_eq!(split_with(&fast, &text), split_with(&reference, &text), "text {:?}", text);
+        }
+
+        #[test]
+        fn o200k_split_tiles_the_text(text in tricky_text()) {
+            // words_cfg asserts that the words are non-empty and tile the text.
+            let w = words_cfg(pre_config_tiktoken("gpt-4o").unwrap(), &text);
+            proptest::prop_assert_eq!(w.concat(), text);
         }
 
         #[test]
