@@ -122,8 +122,8 @@ fn o200k() -> &'static O200k {
             special,
             add_bos: Some(false),
             chat_template: Some(
-                std::fs::read_to_string(format!("{ROOT}/tests/fixtures/gpt_oss/harmony.jinja"))
-                    .expect("harmony.jinja"),
+                std::fs::read_to_string(format!("{ROOT}/tests/fixtures/tokenizer/gpt-oss.jinja"))
+                    .expect("gpt-oss.jinja"),
             ),
             tiktoken: true,
             ..TokenizerData::default()
