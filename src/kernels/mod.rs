@@ -67,10 +67,14 @@ mod avx512;
 mod dispatch;
 mod matmul;
 mod ops;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx512;
 mod rope;
 mod scalar;
 
-pub use dispatch::{resolve_level, simd_level, SimdLevel, SIMD_ENV};
+pub use dispatch::{avx512_vnni_detected, resolve_level, simd_level, SimdLevel, SIMD_ENV};
 pub use matmul::{
     dequant_row_at, dot_row, dot_row_at, matmat, matmat_at, matvec, matvec_at, matvec_serial,
 };

@@ -1,0 +1,460 @@
+//! AVX-512 kernels of the 8-bit-activation path ([`super::q8act`]): two 32-element blocks per
+//! 512-bit vector; u8×i8 products summed by `vpmaddubsw` + `vpmaddwd` (AVX-512 BW, module `bw`)
+//! or by `vpdpbusd` (AVX-512 VNNI, module `vnni`). Both give exactly the scalar bits.
+//!
+//! Every kernel carries `#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]`
+//! (plus `avx512vnni` in `vnni`), so calling one from outside a matching feature context is
+//! `unsafe`; the `checked_bw` / `checked_vnni` wrappers at the end assert that the CPU has the
+//! features first and are the only callers. Inside, the only `unsafe` operations are loads and
+//! stores through pointers derived from fixed-size arrays.
+//!
+//! Operands per weight type (the instructions multiply unsigned by signed bytes; activations are
+//! in −127..=127 by the `Q8Acts` invariant):
+//! * Q8_0: `|w|` (`vpabsb`; −128 becomes 128) and `y` negated where `w < 0`; a product is at most
+//!   128·127, so a `vpmaddubsw` pair cannot saturate.
+//! * MXFP4: `vpshufb` of the nibbles in the table `KVALUES_MXFP4 + 12` (0..=24), `y` as is;
+//!   `12·Σy` (exact, from the quantizer) is subtracted per block.
+//! * Q4_0: nibbles 0..=15 and `y`; `8·Σy` subtracted. Q4_1: nibbles and `y`.
+//!
+//! Each block's 8 i32 lanes are summed by a transpose of 8 vectors (16 blocks, [`block_sums`]),
+//! so every block's `sumi` is the exact integer; the float stage then does the scalar
+//! operations on 16 block products at once (no FMA), lane `j` holding block `16g + j`.
+
+use core::arch::x86_64::*;
+
+use super::avx512::hsum;
+use super::q8act::{Group, Q8Acts, Q8Ref, LANES, MXFP4_OFFSET, MXFP4_U, QK};
+use crate::gguf::GgmlType;
+use crate::quant::E8M0_TO_F32_HALF;
+
+// ---------------------------------------------------------------------------------------------
+// Loads, stores and byte-array views.
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld_128(b: &[u8; 16]) -> __m128i {
+    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast::<__m128i>()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld_256(b: &[u8; 32]) -> __m256i {
+    // SAFETY: `b` is 32 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) }
+}
+
+/// Two consecutive activation blocks (64 contiguous bytes).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld_i8x64(q: &[[i8; QK]; 2]) -> __m512i {
+    // SAFETY: `q` is 2 × 32 contiguous readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(q.as_ptr().cast::<__m512i>()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld_ps(x: &[f32; 16]) -> __m512 {
+    // SAFETY: `x` is 16 initialized f32 (64 bytes); `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_ps(x.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn ld_epi32(x: &[i32; 16]) -> __m512i {
+    // SAFETY: `x` is 16 initialized i32 (64 bytes); `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(x.as_ptr().cast::<__m512i>()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn st_128(out: &mut [i8; 16], v: __m128i) {
+    // SAFETY: `out` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast::<__m128i>(), v) }
+}
+
+/// Bytes `OFF..OFF + 16` of a block.
+#[inline]
+fn bytes16<const N: usize, const OFF: usize>(b: &[u8; N]) -> &[u8; 16] {
+    b[OFF..OFF + 16].try_into().expect("16 bytes")
+}
+
+/// Bytes `OFF..OFF + 32` of a block.
+#[inline]
+fn bytes32<const N: usize, const OFF: usize>(b: &[u8; N]) -> &[u8; 32] {
+    b[OFF..OFF + 32].try_into().expect("32 bytes")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operands of a pair of blocks (2k, 2k + 1): 64 unsigned and 64 signed bytes, block 2k in bytes
+// 0..32 (elements in order), block 2k + 1 in bytes 32..64.
+
+/// Q8_0: `(|w|, y·sign(w))`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn q8_0_ops(w0: &[u8; 34], w1: &[u8; 34], y: __m512i) -> (__m512i, __m512i) {
+    let w = _mm512_inserti64x4::<1>(
+        _mm512_castsi256_si512(ld_256(bytes32::<34, 2>(w0))),
+        ld_256(bytes32::<34, 2>(w1)),
+    );
+    let neg = _mm512_movepi8_mask(w);
+    (
+        _mm512_abs_epi8(w),
+        _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y),
+    )
+}
+
+/// Nibbles of two 16-byte code arrays in element order: `[lo(q0), hi(q0), lo(q1), hi(q1)]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn nibble_pair(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
+    let q = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld_128(q0)), ld_128(q1));
+    // [q0, q1, q0 >> 4, q1 >> 4] (16-bit shifts; the mask below drops the bits shifted in).
+    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
+    // 128-bit lanes 0, 2, 1, 3.
+    let z = _mm512_shuffle_i32x4::<0b11_01_10_00>(z, z);
+    _mm512_and_si512(z, _mm512_set1_epi8(0x0f))
+}
+
+/// MXFP4: table values + 12.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn mxfp4_ops(w0: &[u8; 17], w1: &[u8; 17], table: __m512i) -> __m512i {
+    _mm512_shuffle_epi8(
+        table,
+        nibble_pair(bytes16::<17, 1>(w0), bytes16::<17, 1>(w1)),
+    )
+}
+
+/// Sums of the 8 i32 lanes of each block: `v[k]` holds blocks 2k (lanes 0..8) and 2k + 1
+/// (lanes 8..16); lane `j` of the result is block `j`'s sum (exact, integers).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn block_sums(v: &[__m512i; 8]) -> __m512i {
+    // Per 128-bit lane ℓ: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] ...
+    let s01 = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[0], v[1]),
+        _mm512_unpackhi_epi32(v[0], v[1]),
+    );
+    let s23 = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[2], v[3]),
+        _mm512_unpackhi_epi32(v[2], v[3]),
+    );
+    let s45 = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[4], v[5]),
+        _mm512_unpackhi_epi32(v[4], v[5]),
+    );
+    let s67 = _mm512_add_epi32(
+        _mm512_unpacklo_epi32(v[6], v[7]),
+        _mm512_unpackhi_epi32(v[6], v[7]),
+    );
+    // ... then [Σ v0ℓ, Σ v1ℓ, Σ v2ℓ, Σ v3ℓ]: lanes ℓ = 0, 1 hold halves of blocks 0, 2, 4, 6,
+    // lanes 2, 3 halves of blocks 1, 3, 5, 7.
+    let a = _mm512_add_epi32(
+        _mm512_unpacklo_epi64(s01, s23),
+        _mm512_unpackhi_epi64(s01, s23),
+    );
+    let b = _mm512_add_epi32(
+        _mm512_unpacklo_epi64(s45, s67),
+        _mm512_unpackhi_epi64(s45, s67),
+    );
+    // Add the halves: blocks [0 2 4 6 | 1 3 5 7 | 8 10 12 14 | 9 11 13 15].
+    let z = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b),
+    );
+    let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+    _mm512_permutexvar_epi32(order, z)
+}
+
+/// `sums − k·Σy` per block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn minus_offset(sums: __m512i, ysum: &[i32; LANES], k: i32) -> __m512i {
+    _mm512_sub_epi32(
+        sums,
+        _mm512_mullo_epi32(_mm512_set1_epi32(k), ld_epi32(ysum)),
+    )
+}
+
+/// The f16 at bytes `OFF..OFF + 2` of each of 16 blocks, as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn f16_scales<const B: usize, const OFF: usize>(w: &[[u8; B]; LANES]) -> __m512 {
+    let mut h = [0u8; 32];
+    for (d, b) in h.as_chunks_mut::<2>().0.iter_mut().zip(w) {
+        *d = [b[OFF], b[OFF + 1]];
+    }
+    _mm512_cvtph_ps(ld_256(&h))
+}
+
+/// `2^(e − 128)` of each of 16 MXFP4 blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn e8m0_scales(w: &[[u8; 17]; LANES]) -> __m512 {
+    let mut s = [0.0f32; LANES];
+    for (d, b) in s.iter_mut().zip(w) {
+        *d = E8M0_TO_F32_HALF[b[0] as usize];
+    }
+    ld_ps(&s)
+}
+
+/// `acc + f32(sumi)·(d_w·d_y)`, each operation rounded (the scalar block product).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn accumulate(acc: __m512, sums: __m512i, dw: __m512, y: &Group<'_>) -> __m512 {
+    let p = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(dw, ld_ps(y.d)));
+    _mm512_add_ps(acc, p)
+}
+
+/// Q4_1: `acc + ((d_w·d_y)·f32(sumi) + m_w·s_y)`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn accumulate_q4_1(acc: __m512, sums: __m512i, w: &[[u8; 20]; LANES], y: &Group<'_>) -> __m512 {
+    let t = _mm512_mul_ps(
+        _mm512_mul_ps(f16_scales::<20, 0>(w), ld_ps(y.d)),
+        _mm512_cvtepi32_ps(sums),
+    );
+    let m = _mm512_mul_ps(f16_scales::<20, 2>(w), ld_ps(y.s));
+    _mm512_add_ps(acc, _mm512_add_ps(t, m))
+}
+
+/// u8×i8 dot of 4-byte groups into i32 lanes, AVX-512 BW: `vpmaddubsw` (pairs into i16; no
+/// saturation for our operand ranges, see the module docs) then `vpmaddwd` by 1.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn dp_bw(u: __m512i, s: __m512i) -> __m512i {
+    _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1))
+}
+
+/// u8×i8 dot of 4-byte groups into i32 lanes, AVX-512 VNNI `vpdpbusd` (no saturation).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dp_vnni(u: __m512i, s: __m512i) -> __m512i {
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
+}
+
+/// A row's dot: full groups of 16 blocks, then the zero-padded rest (`PaddedGroup`), then the
+/// fixed reduction.
+macro_rules! row_dot {
+    ($row:expr, $y:expr, $bytes:expr, $group:ident) => {{
+        const B: usize = $bytes;
+        let (blocks, _) = $row.as_chunks::<B>();
+        let (groups, tail) = blocks.as_chunks::<LANES>();
+        let mut acc = _mm512_setzero_ps();
+        for (g, wg) in groups.iter().enumerate() {
+            acc = $group(wg, &$y.group(g), acc);
+        }
+        if !tail.is_empty() {
+            let mut wpad = [[0u8; B]; LANES];
+            wpad[..tail.len()].copy_from_slice(tail);
+            let yp = $y.padded_group(groups.len());
+            acc = $group(&wpad, &yp.group(), acc);
+        }
+        hsum(acc)
+    }};
+}
+
+/// The group and row kernels for one product instruction (`$dp`) and feature set.
+macro_rules! q8_kernels {
+    ($m:ident, $feat:literal, $dp:ident) => {
+        pub(super) mod $m {
+            use super::*;
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn group_q8_0(w: &[[u8; 34]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
+                let (wp, _) = w.as_chunks::<2>();
+                let (yp, _) = y.qs.as_chunks::<2>();
+                let mut v = [_mm512_setzero_si512(); 8];
+                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
+                    let (u, s) = q8_0_ops(&wk[0], &wk[1], ld_i8x64(yk));
+                    *vk = $dp(u, s);
+                }
+                accumulate(acc, block_sums(&v), f16_scales::<34, 0>(w), y)
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn group_mxfp4(w: &[[u8; 17]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
+                let table = _mm512_broadcast_i32x4(ld_128(&MXFP4_U));
+                let (wp, _) = w.as_chunks::<2>();
+                let (yp, _) = y.qs.as_chunks::<2>();
+                let mut v = [_mm512_setzero_si512(); 8];
+                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
+                    *vk = $dp(mxfp4_ops(&wk[0], &wk[1], table), ld_i8x64(yk));
+                }
+                let sums = minus_offset(block_sums(&v), y.sum, MXFP4_OFFSET);
+                accumulate(acc, sums, e8m0_scales(w), y)
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn group_q4_0(w: &[[u8; 18]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
+                let (wp, _) = w.as_chunks::<2>();
+                let (yp, _) = y.qs.as_chunks::<2>();
+                let mut v = [_mm512_setzero_si512(); 8];
+                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
+                    let u = nibble_pair(bytes16::<18, 2>(&wk[0]), bytes16::<18, 2>(&wk[1]));
+                    *vk = $dp(u, ld_i8x64(yk));
+                }
+                let sums = minus_offset(block_sums(&v), y.sum, 8);
+                accumulate(acc, sums, f16_scales::<18, 0>(w), y)
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            fn group_q4_1(w: &[[u8; 20]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
+                let (wp, _) = w.as_chunks::<2>();
+                let (yp, _) = y.qs.as_chunks::<2>();
+                let mut v = [_mm512_setzero_si512(); 8];
+                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
+                    let u = nibble_pair(bytes16::<20, 4>(&wk[0]), bytes16::<20, 4>(&wk[1]));
+                    *vk = $dp(u, ld_i8x64(yk));
+                }
+                accumulate_q4_1(acc, block_sums(&v), w, y)
+            }
+
+            /// `out[i] = row_i · y` for consecutive rows of `rb` bytes (lengths checked by
+            /// the caller).
+            #[target_feature(enable = $feat)]
+            pub(in crate::kernels) fn dots(
+                ty: GgmlType,
+                w: &[u8],
+                rb: usize,
+                y: Q8Ref<'_>,
+                out: &mut [f32],
+            ) {
+                let rows = out.iter_mut().zip(w.chunks_exact(rb));
+                match ty {
+                    GgmlType::Q8_0 => {
+                        for (o, r) in rows {
+                            *o = row_dot!(r, y, 34, group_q8_0);
+                        }
+                    }
+                    GgmlType::MXFP4 => {
+                        for (o, r) in rows {
+                            *o = row_dot!(r, y, 17, group_mxfp4);
+                        }
+                    }
+                    GgmlType::Q4_0 => {
+                        for (o, r) in rows {
+                            *o = row_dot!(r, y, 18, group_q4_0);
+                        }
+                    }
+                    GgmlType::Q4_1 => {
+                        for (o, r) in rows {
+                            *o = row_dot!(r, y, 20, group_q4_1);
+                        }
+                    }
+                    _ => unreachable!("type checked by the caller"),
+                }
+            }
+        }
+    };
+}
+
+q8_kernels!(bw, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", dp_bw);
+q8_kernels!(
+    vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dp_vnni
+);
+
+// ---------------------------------------------------------------------------------------------
+// Quantization, bit-identical to `q8act::quantize_block`.
+
+/// 16 values → `clamp(round_half_even(x·id), −127, 127)` with NaN → 0, as i32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn quant16(x: __m512, id: __m512) -> __m512i {
+    let p = _mm512_mul_ps(x, id);
+    let p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(p, p), p);
+    // Clamping before rounding is the same as after: the bounds are integers.
+    let p = _mm512_min_ps(
+        _mm512_max_ps(p, _mm512_set1_ps(-127.0)),
+        _mm512_set1_ps(127.0),
+    );
+    _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p)
+}
+
+/// `|x|` with NaN → 0 (so a max over lanes ignores NaN, like `f32::max` from 0).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn abs_or_zero(x: __m512) -> __m512 {
+    let a = _mm512_abs_ps(x);
+    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(a, a), a)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn quantize(x: &[f32], out: &mut Q8Acts) {
+    for b in x.as_chunks::<QK>().0 {
+        let (h0, h1) = b.split_at(16);
+        let x0 = ld_ps(h0.try_into().expect("16"));
+        let x1 = ld_ps(h1.try_into().expect("16"));
+        // Max of non-negative, non-NaN values: exact in any order.
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs_or_zero(x0), abs_or_zero(x1)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let (q0, q1) = (quant16(x0, id), quant16(x1, id));
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        let mut qs = [0i8; QK];
+        let (s0, s1) = qs.split_at_mut(16);
+        st_128(s0.try_into().expect("16"), _mm512_cvtepi32_epi8(q0));
+        st_128(s1.try_into().expect("16"), _mm512_cvtepi32_epi8(q1));
+        out.push(d, qs, sum);
+    }
+}
+
+/// Entry points for `q8act` (BW kernels and quantization).
+pub(super) mod checked_bw {
+    use super::{GgmlType, Q8Acts, Q8Ref};
+    use crate::kernels::SimdLevel;
+
+    /// See `bw::dots`.
+    #[inline]
+    pub(in crate::kernels) fn dots(
+        ty: GgmlType,
+        w: &[u8],
+        rb: usize,
+        y: Q8Ref<'_>,
+        out: &mut [f32],
+    ) {
+        assert!(SimdLevel::Avx512.is_available(), "CPU lacks Avx512");
+        // SAFETY: the assertion above established that the CPU has AVX-512 F/BW/VL, AVX2, FMA
+        // and F16C, the features this kernel is compiled for.
+        unsafe { super::bw::dots(ty, w, rb, y, out) }
+    }
+
+    /// See `quantize`.
+    #[inline]
+    pub(in crate::kernels) fn quantize(x: &[f32], out: &mut Q8Acts) {
+        assert!(SimdLevel::Avx512.is_available(), "CPU lacks Avx512");
+        // SAFETY: as in `dots`.
+        unsafe { super::quantize(x, out) }
+    }
+}
+
+/// Entry points for `q8act` (VNNI kernels).
+pub(super) mod checked_vnni {
+    use super::{GgmlType, Q8Ref};
+    use crate::kernels::q8act::Q8Kernel;
+
+    /// See `vnni::dots`.
+    #[inline]
+    pub(in crate::kernels) fn dots(
+        ty: GgmlType,
+        w: &[u8],
+        rb: usize,
+        y: Q8Ref<'_>,
+        out: &mut [f32],
+    ) {
+        assert!(
+            Q8Kernel::Avx512Vnni.is_available(),
+            "CPU lacks Avx512 + VNNI"
+        );
+        // SAFETY: the assertion above established that the CPU has AVX-512 F/BW/VL/VNNI, AVX2,
+        // FMA and F16C, the features this kernel is compiled for.
+        unsafe { super::vnni::dots(ty, w, rb, y, out) }
+    }
+}
