@@ -25,7 +25,6 @@ use core::arch::x86_64::*;
 use super::avx512::hsum;
 use super::q8act::{Group, Q8Acts, Q8Ref, LANES, MXFP4_OFFSET, MXFP4_U, QK};
 use crate::gguf::GgmlType;
-use crate::quant::E8M0_TO_F32_HALF;
 
 // ---------------------------------------------------------------------------------------------
 // Loads, stores and byte-array views.
@@ -105,14 +104,16 @@ fn q8_0_ops(w0: &[u8; 34], w1: &[u8; 34], y: __m512i) -> (__m512i, __m512i) {
 }
 
 /// Nibbles of two 16-byte code arrays in element order: `[lo(q0), hi(q0), lo(q1), hi(q1)]`.
+/// Built with two 128-bit broadcasts (load-side, no shuffle) and a masked shift of the odd
+/// 128-bit lanes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 fn nibble_pair(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
-    let q = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ld_128(q0)), ld_128(q1));
-    // [q0, q1, q0 >> 4, q1 >> 4] (16-bit shifts; the mask below drops the bits shifted in).
-    let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), _mm256_srli_epi16::<4>(q));
-    // 128-bit lanes 0, 2, 1, 3.
-    let z = _mm512_shuffle_i32x4::<0b11_01_10_00>(z, z);
+    // [q0, q0, q1, q1]: 32-bit lanes 8..16 from q1.
+    let z = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(ld_128(q0)), 0xff00, ld_128(q1));
+    // 16-bit lanes 8..16 and 24..32 (128-bit lanes 1 and 3) shifted right by 4; the mask below
+    // drops the bits shifted in from the neighbouring byte.
+    let z = _mm512_mask_srli_epi16::<4>(z, 0xff00_ff00, z);
     _mm512_and_si512(z, _mm512_set1_epi8(0x0f))
 }
 
@@ -177,26 +178,42 @@ fn minus_offset(sums: __m512i, ysum: &[i32; LANES], k: i32) -> __m512i {
     )
 }
 
-/// The f16 at bytes `OFF..OFF + 2` of each of 16 blocks, as f32.
+/// The little-endian u32 at the start of each of the first `w.len()` (at most 16) blocks, in
+/// lane `j` for block `j`; other lanes 0. (Scalar loads into an array: a `vpgatherdd` was
+/// measured slower on Zen 4.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn f16_scales<const B: usize, const OFF: usize>(w: &[[u8; B]; LANES]) -> __m512 {
-    let mut h = [0u8; 32];
-    for (d, b) in h.as_chunks_mut::<2>().0.iter_mut().zip(w) {
-        *d = [b[OFF], b[OFF + 1]];
+fn block_heads<const B: usize>(w: &[[u8; B]]) -> __m512i {
+    const { assert!(B >= 4) };
+    let mut h = [0i32; LANES];
+    for (d, b) in h.iter_mut().zip(w) {
+        *d = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
-    _mm512_cvtph_ps(ld_256(&h))
+    ld_epi32(&h)
 }
 
-/// `2^(e − 128)` of each of 16 MXFP4 blocks.
+/// The f16s in the low (`HIGH = false`) or high 16 bits of `heads`, as f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn e8m0_scales(w: &[[u8; 17]; LANES]) -> __m512 {
-    let mut s = [0.0f32; LANES];
-    for (d, b) in s.iter_mut().zip(w) {
-        *d = E8M0_TO_F32_HALF[b[0] as usize];
-    }
-    ld_ps(&s)
+fn f16_of<const HIGH: bool>(heads: __m512i) -> __m512 {
+    let h = if HIGH {
+        _mm512_srli_epi32::<16>(heads)
+    } else {
+        heads
+    };
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h))
+}
+
+/// `2^(e − 128)` for the E8M0 byte `e` in the low 8 bits of `heads`, bit-exactly as
+/// `quant::e8m0_to_f32_half` (ggml): `e < 2` → bits `0x0020_0000 << e`, else `(e − 1) << 23`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn e8m0_half(heads: __m512i) -> __m512 {
+    let e = _mm512_and_si512(heads, _mm512_set1_epi32(0xff));
+    let normal = _mm512_slli_epi32::<23>(_mm512_sub_epi32(e, _mm512_set1_epi32(1)));
+    let subnormal = _mm512_sllv_epi32(_mm512_set1_epi32(0x0020_0000), e);
+    let small = _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2));
+    _mm512_castsi512_ps(_mm512_mask_blend_epi32(small, normal, subnormal))
 }
 
 /// `acc + f32(sumi)·(d_w·d_y)`, each operation rounded (the scalar block product).
@@ -210,12 +227,13 @@ fn accumulate(acc: __m512, sums: __m512i, dw: __m512, y: &Group<'_>) -> __m512 {
 /// Q4_1: `acc + ((d_w·d_y)·f32(sumi) + m_w·s_y)`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn accumulate_q4_1(acc: __m512, sums: __m512i, w: &[[u8; 20]; LANES], y: &Group<'_>) -> __m512 {
+fn accumulate_q4_1(acc: __m512, sums: __m512i, w: &[[u8; 20]], y: &Group<'_>) -> __m512 {
+    let heads = block_heads(w);
     let t = _mm512_mul_ps(
-        _mm512_mul_ps(f16_scales::<20, 0>(w), ld_ps(y.d)),
+        _mm512_mul_ps(f16_of::<false>(heads), ld_ps(y.d)),
         _mm512_cvtepi32_ps(sums),
     );
-    let m = _mm512_mul_ps(f16_scales::<20, 2>(w), ld_ps(y.s));
+    let m = _mm512_mul_ps(f16_of::<true>(heads), ld_ps(y.s));
     _mm512_add_ps(acc, _mm512_add_ps(t, m))
 }
 
@@ -234,24 +252,41 @@ fn dp_vnni(u: __m512i, s: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
 }
 
-/// A row's dot: full groups of 16 blocks, then the zero-padded rest (`PaddedGroup`), then the
-/// fixed reduction.
+/// A row's dot: full groups of 16 blocks, then the rest (`$ytail`: the activation's zero-padded
+/// last group, made once per call), then the fixed reduction.
 macro_rules! row_dot {
-    ($row:expr, $y:expr, $bytes:expr, $group:ident) => {{
-        const B: usize = $bytes;
-        let (blocks, _) = $row.as_chunks::<B>();
+    ($row:expr, $y:expr, $ytail:expr, $bytes:expr, $group:ident) => {{
+        let (blocks, _) = $row.as_chunks::<{ $bytes }>();
         let (groups, tail) = blocks.as_chunks::<LANES>();
         let mut acc = _mm512_setzero_ps();
         for (g, wg) in groups.iter().enumerate() {
             acc = $group(wg, &$y.group(g), acc);
         }
-        if !tail.is_empty() {
-            let mut wpad = [[0u8; B]; LANES];
-            wpad[..tail.len()].copy_from_slice(tail);
-            let yp = $y.padded_group(groups.len());
-            acc = $group(&wpad, &yp.group(), acc);
+        if let Some(yt) = $ytail {
+            acc = $group(tail, &yt.group(), acc);
         }
         hsum(acc)
+    }};
+}
+
+/// The pairs of a group of at most 16 blocks: `$ops(w0, w1, y01)` gives the i32 lanes of blocks
+/// 2k and 2k + 1; an odd last block is paired with a zero block (its activation partner is a
+/// zero-padded block, so it adds nothing). Lanes of missing pairs are 0.
+macro_rules! pair_sums {
+    ($w:expr, $y:expr, $bytes:expr, |$w0:ident, $w1:ident, $yk:ident| $ops:expr) => {{
+        let (wp, rest) = $w.as_chunks::<2>();
+        let (yp, _) = $y.qs.as_chunks::<2>();
+        let mut v = [_mm512_setzero_si512(); 8];
+        for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
+            let ($w0, $w1, $yk) = (&wk[0], &wk[1], ld_i8x64(yk));
+            *vk = $ops;
+        }
+        if let [last] = rest {
+            let k = wp.len();
+            let ($w0, $w1, $yk) = (last, &[0u8; $bytes], ld_i8x64(&yp[k]));
+            v[k] = $ops;
+        }
+        block_sums(&v)
     }};
 }
 
@@ -263,56 +298,42 @@ macro_rules! q8_kernels {
 
             #[inline]
             #[target_feature(enable = $feat)]
-            fn group_q8_0(w: &[[u8; 34]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
-                let (wp, _) = w.as_chunks::<2>();
-                let (yp, _) = y.qs.as_chunks::<2>();
-                let mut v = [_mm512_setzero_si512(); 8];
-                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
-                    let (u, s) = q8_0_ops(&wk[0], &wk[1], ld_i8x64(yk));
-                    *vk = $dp(u, s);
-                }
-                accumulate(acc, block_sums(&v), f16_scales::<34, 0>(w), y)
+            fn group_q8_0(w: &[[u8; 34]], y: &Group<'_>, acc: __m512) -> __m512 {
+                let sums = pair_sums!(w, y, 34, |w0, w1, yk| {
+                    let (u, s) = q8_0_ops(w0, w1, yk);
+                    $dp(u, s)
+                });
+                accumulate(acc, sums, f16_of::<false>(block_heads(w)), y)
             }
 
             #[inline]
             #[target_feature(enable = $feat)]
-            fn group_mxfp4(w: &[[u8; 17]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
+            fn group_mxfp4(w: &[[u8; 17]], y: &Group<'_>, acc: __m512) -> __m512 {
                 let table = _mm512_broadcast_i32x4(ld_128(&MXFP4_U));
-                let (wp, _) = w.as_chunks::<2>();
-                let (yp, _) = y.qs.as_chunks::<2>();
-                let mut v = [_mm512_setzero_si512(); 8];
-                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
-                    *vk = $dp(mxfp4_ops(&wk[0], &wk[1], table), ld_i8x64(yk));
-                }
-                let sums = minus_offset(block_sums(&v), y.sum, MXFP4_OFFSET);
-                accumulate(acc, sums, e8m0_scales(w), y)
+                let sums = pair_sums!(w, y, 17, |w0, w1, yk| $dp(mxfp4_ops(w0, w1, table), yk));
+                let sums = minus_offset(sums, y.sum, MXFP4_OFFSET);
+                accumulate(acc, sums, e8m0_half(block_heads(w)), y)
             }
 
             #[inline]
             #[target_feature(enable = $feat)]
-            fn group_q4_0(w: &[[u8; 18]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
-                let (wp, _) = w.as_chunks::<2>();
-                let (yp, _) = y.qs.as_chunks::<2>();
-                let mut v = [_mm512_setzero_si512(); 8];
-                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
-                    let u = nibble_pair(bytes16::<18, 2>(&wk[0]), bytes16::<18, 2>(&wk[1]));
-                    *vk = $dp(u, ld_i8x64(yk));
-                }
-                let sums = minus_offset(block_sums(&v), y.sum, 8);
-                accumulate(acc, sums, f16_scales::<18, 0>(w), y)
+            fn group_q4_0(w: &[[u8; 18]], y: &Group<'_>, acc: __m512) -> __m512 {
+                let sums = pair_sums!(w, y, 18, |w0, w1, yk| $dp(
+                    nibble_pair(bytes16::<18, 2>(w0), bytes16::<18, 2>(w1)),
+                    yk
+                ));
+                let sums = minus_offset(sums, y.sum, 8);
+                accumulate(acc, sums, f16_of::<false>(block_heads(w)), y)
             }
 
             #[inline]
             #[target_feature(enable = $feat)]
-            fn group_q4_1(w: &[[u8; 20]; LANES], y: &Group<'_>, acc: __m512) -> __m512 {
-                let (wp, _) = w.as_chunks::<2>();
-                let (yp, _) = y.qs.as_chunks::<2>();
-                let mut v = [_mm512_setzero_si512(); 8];
-                for (vk, (wk, yk)) in v.iter_mut().zip(wp.iter().zip(yp)) {
-                    let u = nibble_pair(bytes16::<20, 4>(&wk[0]), bytes16::<20, 4>(&wk[1]));
-                    *vk = $dp(u, ld_i8x64(yk));
-                }
-                accumulate_q4_1(acc, block_sums(&v), w, y)
+            fn group_q4_1(w: &[[u8; 20]], y: &Group<'_>, acc: __m512) -> __m512 {
+                let sums = pair_sums!(w, y, 20, |w0, w1, yk| $dp(
+                    nibble_pair(bytes16::<20, 4>(w0), bytes16::<20, 4>(w1)),
+                    yk
+                ));
+                accumulate_q4_1(acc, sums, w, y)
             }
 
             /// `out[i] = row_i · y` for consecutive rows of `rb` bytes (lengths checked by
@@ -326,25 +347,28 @@ macro_rules! q8_kernels {
                 out: &mut [f32],
             ) {
                 let rows = out.iter_mut().zip(w.chunks_exact(rb));
+                let nb = y.blocks();
+                let ytail = (!nb.is_multiple_of(LANES)).then(|| y.padded_group(nb / LANES));
+                let ytail = ytail.as_ref();
                 match ty {
                     GgmlType::Q8_0 => {
                         for (o, r) in rows {
-                            *o = row_dot!(r, y, 34, group_q8_0);
+                            *o = row_dot!(r, y, ytail, 34, group_q8_0);
                         }
                     }
                     GgmlType::MXFP4 => {
                         for (o, r) in rows {
-                            *o = row_dot!(r, y, 17, group_mxfp4);
+                            *o = row_dot!(r, y, ytail, 17, group_mxfp4);
                         }
                     }
                     GgmlType::Q4_0 => {
                         for (o, r) in rows {
-                            *o = row_dot!(r, y, 18, group_q4_0);
+                            *o = row_dot!(r, y, ytail, 18, group_q4_0);
                         }
                     }
                     GgmlType::Q4_1 => {
                         for (o, r) in rows {
-                            *o = row_dot!(r, y, 20, group_q4_1);
+                            *o = row_dot!(r, y, ytail, 20, group_q4_1);
                         }
                     }
                     _ => unreachable!("type checked by the caller"),
