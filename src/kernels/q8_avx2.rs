@@ -153,7 +153,7 @@ fn block_sums(v: &[__m256i; 8]) -> __m256i {
 /// The f16 at bytes `OFF..OFF + 2` of each of 16 blocks, as two vectors of 8 f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_scales<const B: usize, const OFF: usize>(w: &[[u8; B]; LANES]) -> [__m256; 2] {
+fn f16_scales<const B: usize, const OFF: usize>(w: &[[u8; B]]) -> [__m256; 2] {
     let mut h = [0u8; 32];
     for (d, b) in h.as_chunks_mut::<2>().0.iter_mut().zip(w) {
         *d = [b[OFF], b[OFF + 1]];
@@ -168,7 +168,7 @@ fn f16_scales<const B: usize, const OFF: usize>(w: &[[u8; B]; LANES]) -> [__m256
 /// `2^(e − 128)` of each of 16 MXFP4 blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn e8m0_scales(w: &[[u8; 17]; LANES]) -> [__m256; 2] {
+fn e8m0_scales(w: &[[u8; 17]]) -> [__m256; 2] {
     let mut s = [0.0f32; LANES];
     for (d, b) in s.iter_mut().zip(w) {
         *d = E8M0_TO_F32_HALF[b[0] as usize];
@@ -177,11 +177,12 @@ fn e8m0_scales(w: &[[u8; 17]; LANES]) -> [__m256; 2] {
     [ld_ps(a), ld_ps(b)]
 }
 
-/// Integer block sums of the 8 blocks of half `h` of a group, from `block(k)`'s i32 lanes.
+/// Integer block sums of the 8 blocks of half `h` of a group of `n` blocks, from `block(k)`'s
+/// i32 lanes (missing blocks: 0).
 macro_rules! half_sums {
-    ($h:expr, |$k:ident| $block:expr) => {{
+    ($h:expr, $n:expr, |$k:ident| $block:expr) => {{
         let mut v = [_mm256_setzero_si256(); 8];
-        for ($k, vk) in v.iter_mut().enumerate() {
+        for ($k, vk) in v.iter_mut().enumerate().take($n.saturating_sub(8 * $h)) {
             let $k = 8 * $h + $k;
             *vk = $block;
         }
@@ -214,10 +215,10 @@ type Acc = [__m256; 2];
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn group_q8_0(w: &[[u8; 34]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
+fn group_q8_0(w: &[[u8; 34]], y: &Group<'_>, mut acc: Acc) -> Acc {
     let dw = f16_scales::<34, 0>(w);
     for (h, a) in acc.iter_mut().enumerate() {
-        let sums = half_sums!(h, |k| q8_0_block(&w[k], &y.qs[k]));
+        let sums = half_sums!(h, w.len(), |k| q8_0_block(&w[k], &y.qs[k]));
         *a = accumulate(*a, sums, dw[h], y, h);
     }
     acc
@@ -225,11 +226,11 @@ fn group_q8_0(w: &[[u8; 34]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn group_mxfp4(w: &[[u8; 17]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
+fn group_mxfp4(w: &[[u8; 17]], y: &Group<'_>, mut acc: Acc) -> Acc {
     let table = _mm256_broadcastsi128_si256(ld_128(&MXFP4_U));
     let dw = e8m0_scales(w);
     for (h, a) in acc.iter_mut().enumerate() {
-        let sums = half_sums!(h, |k| dp(
+        let sums = half_sums!(h, w.len(), |k| dp(
             _mm256_shuffle_epi8(table, nibbles(bytes16::<17, 1>(&w[k]))),
             ld_i8x32(&y.qs[k])
         ));
@@ -241,10 +242,10 @@ fn group_mxfp4(w: &[[u8; 17]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn group_q4_0(w: &[[u8; 18]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
+fn group_q4_0(w: &[[u8; 18]], y: &Group<'_>, mut acc: Acc) -> Acc {
     let dw = f16_scales::<18, 0>(w);
     for (h, a) in acc.iter_mut().enumerate() {
-        let sums = half_sums!(h, |k| dp(
+        let sums = half_sums!(h, w.len(), |k| dp(
             nibbles(bytes16::<18, 2>(&w[k])),
             ld_i8x32(&y.qs[k])
         ));
@@ -256,11 +257,11 @@ fn group_q4_0(w: &[[u8; 18]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn group_q4_1(w: &[[u8; 20]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
+fn group_q4_1(w: &[[u8; 20]], y: &Group<'_>, mut acc: Acc) -> Acc {
     let dw = f16_scales::<20, 0>(w);
     let mw = f16_scales::<20, 2>(w);
     for (h, a) in acc.iter_mut().enumerate() {
-        let sums = half_sums!(h, |k| dp(
+        let sums = half_sums!(h, w.len(), |k| dp(
             nibbles(bytes16::<20, 4>(&w[k])),
             ld_i8x32(&y.qs[k])
         ));
@@ -275,22 +276,19 @@ fn group_q4_1(w: &[[u8; 20]; LANES], y: &Group<'_>, mut acc: Acc) -> Acc {
     acc
 }
 
-/// A row's dot: full groups of 16 blocks, then the zero-padded rest, then the fixed reduction
-/// (lanes `j` and `j + 8` first, as `q8act::reduce16`).
+/// A row's dot: full groups of 16 blocks, then the rest (`$ytail`: the activation's zero-padded
+/// last group, made once per call), then the fixed reduction (lanes `j` and `j + 8` first, as
+/// `q8act::reduce16`).
 macro_rules! row_dot {
-    ($row:expr, $y:expr, $bytes:expr, $group:ident) => {{
-        const B: usize = $bytes;
-        let (blocks, _) = $row.as_chunks::<B>();
+    ($row:expr, $y:expr, $ytail:expr, $bytes:expr, $group:ident) => {{
+        let (blocks, _) = $row.as_chunks::<{ $bytes }>();
         let (groups, tail) = blocks.as_chunks::<LANES>();
         let mut acc = [_mm256_setzero_ps(); 2];
         for (g, wg) in groups.iter().enumerate() {
             acc = $group(wg, &$y.group(g), acc);
         }
-        if !tail.is_empty() {
-            let mut wpad = [[0u8; B]; LANES];
-            wpad[..tail.len()].copy_from_slice(tail);
-            let yp = $y.padded_group(groups.len());
-            acc = $group(&wpad, &yp.group(), acc);
+        if let Some(yt) = $ytail {
+            acc = $group(tail, &yt.group(), acc);
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }};
@@ -300,25 +298,28 @@ macro_rules! row_dot {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dots(ty: GgmlType, w: &[u8], rb: usize, y: Q8Ref<'_>, out: &mut [f32]) {
     let rows = out.iter_mut().zip(w.chunks_exact(rb));
+    let nb = y.blocks();
+    let ytail = (!nb.is_multiple_of(LANES)).then(|| y.padded_group(nb / LANES));
+    let ytail = ytail.as_ref();
     match ty {
         GgmlType::Q8_0 => {
             for (o, r) in rows {
-                *o = row_dot!(r, y, 34, group_q8_0);
+                *o = row_dot!(r, y, ytail, 34, group_q8_0);
             }
         }
         GgmlType::MXFP4 => {
             for (o, r) in rows {
-                *o = row_dot!(r, y, 17, group_mxfp4);
+                *o = row_dot!(r, y, ytail, 17, group_mxfp4);
             }
         }
         GgmlType::Q4_0 => {
             for (o, r) in rows {
-                *o = row_dot!(r, y, 18, group_q4_0);
+                *o = row_dot!(r, y, ytail, 18, group_q4_0);
             }
         }
         GgmlType::Q4_1 => {
             for (o, r) in rows {
-                *o = row_dot!(r, y, 20, group_q4_1);
+                *o = row_dot!(r, y, ytail, 20, group_q4_1);
             }
         }
         _ => unreachable!("type checked by the caller"),
