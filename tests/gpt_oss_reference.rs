@@ -176,27 +176,64 @@ fn greedy_continuations_equal_hf() {
     }
 }
 
-/// On the quantized files llama.cpp's 8-bit activations dominate the difference (see
-/// `llamacpp_rope_matches_llama_cpp_on_f32_variants`); `--precision fast` does the same
-/// quantization, so the difference must shrink to a fraction of that noise.
+/// On the quantized files llama.cpp quantizes activations to 8 bits before every Q8_0/MXFP4
+/// product; `--precision fast` does the same arithmetic (ggml's block formulas). The two then
+/// agree exactly until an activation lands on a rounding boundary on one side only (a 1-ulp
+/// difference upstream, e.g. from a different summation order in attention): from that position
+/// on the K/V differ slightly. Measured (b11434): tiny-a identical to 2e-6 at all 48 positions;
+/// tiny-b identical for the first 20 positions, tiny-c for the first 5. So: tiny-a within 2e-3
+/// everywhere; every fixture within a fifth of the 8-bit noise floor (kvspool exact vs fast,
+/// measured in the same run; measured ratio 0.11-0.15), argmax equal wherever llama.cpp's margin
+/// is >= 0.5.
 #[test]
-#[ignore = "bound pending the fast MXFP4 path"]
-fn fast_llamacpp_is_close_to_llama_cpp_on_quantized_files() {
+fn fast_mode_reproduces_llama_cpp_on_quantized_files() {
     for name in FIXTURES {
         let g = golden(name, &format!("{name}.llamacpp.f32"));
-        let got = run(
-            name,
-            &g.tokens,
-            YarnRounding::LlamaCpp,
-            1 << 30,
-            BackendKind::Pread,
-            512,
+        let path = dir().join(format!("{name}.gguf"));
+        let logits = |p: Precision| {
+            let loaded = kvspool::model::load_opts(&path, p, YarnRounding::LlamaCpp).unwrap();
+            let m = &*loaded.model;
+            let kv = common::ram_kv(m.kv_geometry(g.tokens.len() + 1));
+            let mut s = Session::new(m, kv);
+            s.prefill(&g.tokens, 512, LogitsFor::All, &mut |_, _| {})
+                .unwrap()
+        };
+        let (fast, exact) = (logits(Precision::Fast), logits(Precision::Exact));
+        let mean = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs() as f64)
+                .sum::<f64>()
+                / a.len() as f64
+        };
+        let (vs_llama, floor) = (mean(&fast, &g.logits), mean(&fast, &exact));
+        let maxd = fast
+            .iter()
+            .zip(&g.logits)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "{name}: fast vs llama.cpp mean {vs_llama:.4} max {maxd:.3e}; 8-bit noise floor (exact vs fast) {floor:.4}"
         );
-        compare(
-            &format!("{name} --rope-compat llamacpp vs llama.cpp"),
-            &got,
-            &g,
+        assert!(
+            vs_llama <= 0.2 * floor,
+            "{name}: kvspool fast vs llama.cpp {vs_llama} > 0.2 x noise floor {floor}"
         );
+        if name == "tiny-a" {
+            assert!(maxd <= MAX_ABS, "tiny-a: {maxd} > {MAX_ABS}");
+        }
+        let v = g.n_vocab;
+        for p in 0..g.tokens.len() {
+            let w = &g.logits[p * v..(p + 1) * v];
+            let mut s = w.to_vec();
+            s.sort_by(|a, b| b.total_cmp(a));
+            if s[0] - s[1] >= 0.5 {
+                assert_eq!(
+                    argmax(&fast[p * v..(p + 1) * v]),
+                    argmax(w),
+                    "{name} position {p}"
+                );
+            }
+        }
     }
 }
 

@@ -104,7 +104,7 @@ fn f16x2_bcast(b: [u8; 4]) -> (__m512, __m512) {
 /// which micro-kernel shape (or thread split) produced it.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn hsum(v: __m512) -> f32 {
+pub(super) fn hsum(v: __m512) -> f32 {
     let h = _mm256_add_ps(
         _mm512_castps512_ps256(v),
         _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),

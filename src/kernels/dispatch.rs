@@ -83,6 +83,23 @@ fn detect() -> SimdLevel {
     SimdLevel::Scalar
 }
 
+/// Whether this CPU has AVX-512 VNNI (`vpdpbusd`) on top of [`SimdLevel::Avx512`]; detected
+/// once. Only the 8-bit-activation kernels (`q8act`) use it, as a variant of the AVX-512 level.
+pub fn avx512_vnni_detected() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| SimdLevel::Avx512.is_available() && detect_vnni())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_vnni() -> bool {
+    is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_vnni() -> bool {
+    false
+}
+
 /// The level chosen from the detected one and the value of `KVSPOOL_SIMD`: a known name lowers
 /// the level; a level above the detected one, or an unknown name, is ignored (the returned
 /// message says why, for logging).

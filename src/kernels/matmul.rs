@@ -9,9 +9,9 @@ use super::scalar;
 use crate::gguf::GgmlType;
 
 /// Work (multiply-adds) below which a mat-vec or mat-mat runs on the calling thread.
-const PAR_MIN_WORK: usize = 1 << 16;
+pub(super) const PAR_MIN_WORK: usize = 1 << 16;
 /// Minimum multiply-adds per rayon task (keeps task overhead small next to the work).
-const TASK_MIN_WORK: usize = 1 << 15;
+pub(super) const TASK_MIN_WORK: usize = 1 << 15;
 /// Upper bound on the decoded f32 rows a mat-mat task keeps (bytes), sized for L2.
 const DECODED_BYTES: usize = 256 << 10;
 

@@ -55,7 +55,9 @@
 //! widen bytes to i32 lanes and convert. The block partial `Σ q·x` is scaled by `d` with one FMA
 //! into one of two interleaved accumulators. AVX2 does the same with byte-level nibble splits,
 //! `pshufb` tables and 8-lane vectors. `q8act` (not part of this contract) holds the separate
-//! llama.cpp-style 8-bit-activation path.
+//! llama.cpp-style 8-bit-activation path (Q8_0, Q4_0, Q4_1, MXFP4 weights), with its own
+//! scalar, AVX2 (`q8_avx2`), AVX-512 BW and AVX-512 VNNI (`q8_avx512`) kernels, all
+//! bit-identical; VNNI is detected once ([`avx512_vnni_detected`]) and used at the AVX-512 level.
 
 pub mod attention;
 pub mod q8act;
@@ -67,10 +69,14 @@ mod avx512;
 mod dispatch;
 mod matmul;
 mod ops;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx512;
 mod rope;
 mod scalar;
 
-pub use dispatch::{resolve_level, simd_level, SimdLevel, SIMD_ENV};
+pub use dispatch::{avx512_vnni_detected, resolve_level, simd_level, SimdLevel, SIMD_ENV};
 pub use matmul::{
     dequant_row_at, dot_row, dot_row_at, matmat, matmat_at, matvec, matvec_at, matvec_serial,
 };

@@ -12,6 +12,7 @@
 
 use super::{Binder, LogitsFor, Model, ModelError, Precision, Weight};
 use crate::gguf::{GgmlType, GgufFile, GptOssConfig, RopeScaling, TensorInfo};
+use crate::kernels::q8act::{self, Q8Acts, Q8Ref};
 use crate::kernels::{self, RopeMode, RopeParams, YarnParams, YarnRounding};
 use crate::kv::{AttnQuery, KvCache, KvGeometry};
 use std::sync::Arc;
@@ -35,20 +36,59 @@ impl Experts {
         }
     }
 
-    /// `y = W[e] · x` (one token).
-    fn matvec(&self, f: &GgufFile, e: usize, x: &[f32], y: &mut [f32]) {
-        let Some(t) = &self.info else { return };
-        let all = f.tensor_bytes(t);
+    /// Expert `e`'s `[rows × cols]` matrix bytes (empty for a failed bind).
+    fn matrix<'f>(&self, f: &'f GgufFile, e: usize) -> &'f [u8] {
+        let Some(t) = &self.info else { return &[] };
         let m = self.rows * self.row_bytes;
-        kernels::matvec(
-            self.ty,
-            &all[e * m..(e + 1) * m],
-            self.rows,
-            self.cols,
-            x,
-            y,
-        );
+        &f.tensor_bytes(t)[e * m..(e + 1) * m]
     }
+
+    /// Whether precision `p` runs this projection on 8-bit activations (`kernels::q8act`).
+    fn uses_q8(&self, p: Precision) -> bool {
+        p == Precision::Fast && self.info.is_some() && q8act::supports(self.ty)
+    }
+
+    /// `y = W[e] · x` (one token, f32 activations).
+    fn matvec(&self, f: &GgufFile, e: usize, x: &[f32], y: &mut [f32]) {
+        if self.info.is_none() {
+            return;
+        }
+        kernels::matvec(self.ty, self.matrix(f, e), self.rows, self.cols, x, y);
+    }
+
+    /// `y = W[e] · x` with `x` already quantized to 8 bits (requires [`Experts::uses_q8`]).
+    fn matvec_q8(&self, f: &GgufFile, e: usize, x: Q8Ref<'_>, y: &mut [f32]) {
+        q8act::matvec_q8(self.ty, self.matrix(f, e), self.rows, self.cols, x, y);
+    }
+
+    /// `y = W[e] · x` at precision `p`; `qx` caches `x` quantized (so one quantization serves
+    /// every expert and projection that shares `x`; the caller resets it when `x` changes).
+    fn apply(
+        &self,
+        f: &GgufFile,
+        p: Precision,
+        e: usize,
+        x: &[f32],
+        qx: &mut QuantCache,
+        y: &mut [f32],
+    ) {
+        if self.uses_q8(p) {
+            if !qx.valid {
+                q8act::quantize_q8(x, &mut qx.acts);
+                qx.valid = true;
+            }
+            self.matvec_q8(f, e, qx.acts.view(), y);
+        } else {
+            self.matvec(f, e, x, y);
+        }
+    }
+}
+
+/// An activation's 8-bit quantization, made on first use ([`Experts::apply`]).
+#[derive(Default)]
+struct QuantCache {
+    acts: Q8Acts,
+    valid: bool,
 }
 
 fn bind_experts(
@@ -226,9 +266,13 @@ impl GptOss {
         let ws: Vec<f32> = chosen.iter().map(|&x| (z[x] - zmax).exp()).collect();
         let wsum: f32 = ws.iter().sum();
         let (mut g, mut u, mut y) = (vec![0.0f32; ff], vec![0.0f32; ff], vec![0.0f32; e]);
+        // Fast precision: `t` is quantized once for the gate and up projections of every chosen
+        // expert; the down projection's input is per expert.
+        let p = self.precision;
+        let (mut qt, mut qg) = (QuantCache::default(), QuantCache::default());
         for (&x, &w) in chosen.iter().zip(&ws) {
-            l.gate.matvec(f, x, t, &mut g);
-            l.up.matvec(f, x, t, &mut u);
+            l.gate.apply(f, p, x, t, &mut qt, &mut g);
+            l.up.apply(f, p, x, t, &mut qt, &mut u);
             let (gb, ub) = (
                 &l.gate_b[x * ff..(x + 1) * ff],
                 &l.up_b[x * ff..(x + 1) * ff],
@@ -238,7 +282,8 @@ impl GptOss {
                 let uj = (u[j] + ub[j]).clamp(-c.swiglu_limit, c.swiglu_limit);
                 g[j] = gj / (1.0 + (-c.swiglu_alpha * gj).exp()) * (uj + 1.0);
             }
-            l.down.matvec(f, x, &g, &mut y);
+            qg.valid = false;
+            l.down.apply(f, p, x, &g, &mut qg, &mut y);
             let db = &l.down_b[x * e..(x + 1) * e];
             let wk = w / wsum;
             for j in 0..e {

@@ -19,8 +19,8 @@ pub enum Precision {
     /// Weights decoded exactly, activations kept in f32 (the reference).
     #[default]
     Exact,
-    /// Activations quantized to 8 bits per 32-block for Q4_0/Q4_1/Q8_0 weights, as llama.cpp does
-    /// (`kernels::q8act`); other types as `Exact`.
+    /// Activations quantized to 8 bits per 32-block for Q4_0/Q4_1/Q8_0/MXFP4 weights, as llama.cpp
+    /// does (`kernels::q8act`); other types as `Exact`.
     Fast,
 }
 
