@@ -45,3 +45,32 @@ fn rendered_conversations_tokenize_to_hf_ids() {
         assert_eq!(tok.encode(&text, true), ids(&case["ids"]));
     }
 }
+
+/// `kvspool run --chat` end to end: the prompt it feeds the model is the golden's ids.
+#[test]
+fn run_chat_prompt_tokens_equal_hf_ids() {
+    let g = golden();
+    let case = &g["cases"][0];
+    assert_eq!(case["messages"].as_array().unwrap().len(), 1);
+    let kv = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvspool"))
+        .env(
+            "SOURCE_DATE_EPOCH",
+            g["source_date_epoch"].as_i64().unwrap().to_string(),
+        )
+        .args(["run", "--model"])
+        .arg(dir().join("tiny-a.gguf"))
+        .args(["--chat", case["messages"][0]["content"].as_str().unwrap()])
+        .args(["-n", "4", "--json", "--ctx", "512", "--kv-disk"])
+        .arg(kv.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&v["prompt_tokens"]), ids(&case["ids"]));
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 4);
+}
