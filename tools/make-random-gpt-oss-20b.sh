@@ -34,7 +34,8 @@ types = collections.Counter(t.tensor_type.name for t in r.tensors)
 n_kv = sum(1 for k in r.fields if not k.startswith("GGUF."))
 print(f"check: GGUFReader ok: {len(r.tensors)} tensors {dict(types)}, {n_kv} keys, "
       f"{os.path.getsize(p) / 2**30:.2f} GiB")
-if len(r.tensors) != 459 or n_kv != 35:
+n_layer = int(r.fields["gpt-oss.block_count"].contents())
+if len(r.tensors) != 3 + 19 * n_layer or n_kv != 35:
     sys.exit("error: unexpected tensor or key count")
 EOF
 echo "$OUT"

