@@ -26,7 +26,7 @@ pub(super) const NR: usize = 4;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn ld_ps(x: &[f32; 8]) -> __m256 {
+pub(super) fn ld_ps(x: &[f32; 8]) -> __m256 {
     // SAFETY: `x` is 8 initialized f32 (32 bytes); `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_ps(x.as_ptr()) }
 }
@@ -40,7 +40,7 @@ fn ld_ps_bytes(b: &[u8; 32]) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn ld_128(b: &[u8; 16]) -> __m128i {
+pub(super) fn ld_128(b: &[u8; 16]) -> __m128i {
     // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(b.as_ptr().cast::<__m128i>()) }
 }

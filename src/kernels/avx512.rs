@@ -28,7 +28,7 @@ pub(super) const NR: usize = 4;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn ld_ps(x: &[f32; 16]) -> __m512 {
+pub(super) fn ld_ps(x: &[f32; 16]) -> __m512 {
     // SAFETY: `x` is 16 initialized f32 (64 bytes); `loadu` has no alignment requirement.
     unsafe { _mm512_loadu_ps(x.as_ptr()) }
 }
@@ -42,14 +42,14 @@ fn ld_ps_bytes(b: &[u8; 64]) -> __m512 {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn ld_128(b: &[u8; 16]) -> __m128i {
+pub(super) fn ld_128(b: &[u8; 16]) -> __m128i {
     // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(b.as_ptr().cast::<__m128i>()) }
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn ld_256(b: &[u8; 32]) -> __m256i {
+pub(super) fn ld_256(b: &[u8; 32]) -> __m256i {
     // SAFETY: `b` is 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) }
 }

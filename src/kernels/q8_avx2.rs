@@ -17,20 +17,13 @@
 
 use core::arch::x86_64::*;
 
-use super::avx2::hsum;
+use super::avx2::{hsum, ld_128, ld_ps};
 use super::q8act::{Group, Q8Acts, Q8Ref, LANES, MXFP4_OFFSET, MXFP4_U, QK};
 use crate::gguf::GgmlType;
 use crate::quant::E8M0_TO_F32_HALF;
 
 // ---------------------------------------------------------------------------------------------
 // Loads, stores and byte-array views.
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn ld_128(b: &[u8; 16]) -> __m128i {
-    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast::<__m128i>()) }
-}
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -44,13 +37,6 @@ fn ld_256(b: &[u8; 32]) -> __m256i {
 fn ld_i8x32(q: &[i8; QK]) -> __m256i {
     // SAFETY: `q` is 32 readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(q.as_ptr().cast::<__m256i>()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn ld_ps(x: &[f32; 8]) -> __m256 {
-    // SAFETY: `x` is 8 initialized f32 (32 bytes); `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_ps(x.as_ptr()) }
 }
 
 #[inline]

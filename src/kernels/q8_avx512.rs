@@ -22,26 +22,12 @@
 
 use core::arch::x86_64::*;
 
-use super::avx512::hsum;
+use super::avx512::{hsum, ld_128, ld_256, ld_ps};
 use super::q8act::{Group, Q8Acts, Q8Ref, LANES, MXFP4_OFFSET, MXFP4_U, QK};
 use crate::gguf::GgmlType;
 
 // ---------------------------------------------------------------------------------------------
 // Loads, stores and byte-array views.
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn ld_128(b: &[u8; 16]) -> __m128i {
-    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast::<__m128i>()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn ld_256(b: &[u8; 32]) -> __m256i {
-    // SAFETY: `b` is 32 readable bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) }
-}
 
 /// Two consecutive activation blocks (64 contiguous bytes).
 #[inline]
@@ -49,13 +35,6 @@ fn ld_256(b: &[u8; 32]) -> __m256i {
 fn ld_i8x64(q: &[[i8; QK]; 2]) -> __m512i {
     // SAFETY: `q` is 2 × 32 contiguous readable bytes; `loadu` has no alignment requirement.
     unsafe { _mm512_loadu_si512(q.as_ptr().cast::<__m512i>()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn ld_ps(x: &[f32; 16]) -> __m512 {
-    // SAFETY: `x` is 16 initialized f32 (64 bytes); `loadu` has no alignment requirement.
-    unsafe { _mm512_loadu_ps(x.as_ptr()) }
 }
 
 #[inline]

@@ -478,6 +478,59 @@ pub fn dot_q8_at(k: Q8Kernel, ty: GgmlType, row: &[u8], y: Q8Ref<'_>) -> f32 {
     out[0]
 }
 
+/// One mat-vec of a [`matvec_q8_multi`] batch: `out = W · y` for `rows × cols` weights `w` of type
+/// `ty` and an activation row `y` quantized to 8 bits.
+pub struct Q8Job<'a> {
+    /// Weight type (one [`supports`]).
+    pub ty: GgmlType,
+    /// The `rows × row_bytes` weight bytes.
+    pub w: &'a [u8],
+    /// Output rows.
+    pub rows: usize,
+    /// Input length (a multiple of 32).
+    pub cols: usize,
+    /// The quantized activation.
+    pub y: Q8Ref<'a>,
+    /// `rows` outputs.
+    pub out: &'a mut [f32],
+}
+
+/// Several independent mat-vecs in one parallel region (decode: the gate and up projections of
+/// every chosen expert, or their down projections): one fork-join instead of one per matrix, and
+/// the row chunks of all jobs balance across threads together. Each output row is the same dot
+/// [`matvec_q8`] computes (bit-identical: a row's sum does not depend on the chunking).
+/// Panics on a shape mismatch (caller contract), like [`matvec_q8`].
+pub fn matvec_q8_multi(jobs: Vec<Q8Job<'_>>) {
+    let k = q8_kernel();
+    let threads = rayon::current_num_threads().max(1);
+    let total: usize = jobs.iter().map(|j| j.rows).sum();
+    let mut tasks: Vec<(GgmlType, &[u8], usize, Q8Ref<'_>, &mut [f32])> = Vec::new();
+    for j in jobs {
+        let rb = row_bytes(j.ty, j.cols);
+        assert!(
+            j.y.blocks() * QK == j.cols && j.w.len() == j.rows * rb && j.out.len() == j.rows,
+            "matvec_q8_multi: {} × {} {}: weights {} bytes, activation {} blocks, output {}",
+            j.rows,
+            j.cols,
+            j.ty,
+            j.w.len(),
+            j.y.blocks(),
+            j.out.len()
+        );
+        if j.rows == 0 {
+            continue;
+        }
+        let min_rows = TASK_MIN_WORK.div_ceil(j.cols.max(1)).max(1);
+        let chunk = total.div_ceil(threads * 4).max(min_rows).min(j.rows);
+        for (oc, wc) in j.out.chunks_mut(chunk).zip(j.w.chunks(chunk * rb)) {
+            tasks.push((j.ty, wc, rb, j.y, oc));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(ty, wc, rb, y, oc)| q8_at!(k, dots_scalar, dots(ty, wc, rb, y, oc)));
+}
+
 /// `out[r] = row_r · y` for a `[rows × cols]` matrix of raw `ty` bytes and one quantized
 /// activation row (`cols / 32` blocks); rows are split into chunks run in parallel with rayon,
 /// like [`super::matvec`]. Panics (caller contract) on unsupported types or length mismatches.

@@ -132,6 +132,27 @@ struct Layer {
     window: Option<usize>,
 }
 
+/// When to `madvise(WILLNEED)` the chosen experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdviseExperts {
+    Always,
+    Never,
+    /// After a forward pass that took major page faults.
+    OnMajorFaults,
+}
+
+/// Major page faults of this process so far (`/proc/self/stat` field 12), 0 if unreadable.
+fn major_faults() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // The command name (field 2) is in parentheses and may contain spaces: count after it.
+    s.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(9))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A gpt-oss model bound to a GGUF file.
 pub struct GptOss {
     file: Arc<GgufFile>,
@@ -141,9 +162,14 @@ pub struct GptOss {
     out_norm: Vec<f32>,
     output: Weight,
     precision: Precision,
-    /// `madvise(WILLNEED)` the chosen experts' ranges before use (on unless KVSPOOL_NO_WILLNEED
-    /// is set; see docs/BENCHMARKS.md for its measured cost).
-    advise_experts: bool,
+    /// `madvise(WILLNEED)` the chosen experts' ranges before use, in forward passes that follow
+    /// one during which the process took major page faults (weights being read from disk).
+    /// With the weights in the page cache the advice is pure cost (measured: +20% per decode
+    /// step on the 20b, docs/BENCHMARKS.md), so it is skipped then. KVSPOOL_WILLNEED=always|never
+    /// overrides.
+    advise: AdviseExperts,
+    /// Major faults of the process when the previous forward pass started.
+    last_majflt: std::sync::atomic::AtomicU64,
 }
 
 impl GptOss {
@@ -232,7 +258,12 @@ impl GptOss {
             out_norm,
             output,
             precision,
-            advise_experts: std::env::var_os("KVSPOOL_NO_WILLNEED").is_none(),
+            advise: match std::env::var("KVSPOOL_WILLNEED").as_deref() {
+                Ok("always") => AdviseExperts::Always,
+                Ok("never") => AdviseExperts::Never,
+                _ => AdviseExperts::OnMajorFaults,
+            },
+            last_majflt: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -242,7 +273,7 @@ impl GptOss {
     }
 
     /// The MoE block for one token (spec §6.1g): `t` is the normed input; adds into `out`.
-    fn moe(&self, l: &Layer, t: &[f32], out: &mut [f32]) {
+    fn moe(&self, l: &Layer, t: &[f32], out: &mut [f32], advise: bool) {
         let c = &self.cfg;
         let f = &*self.file;
         let (e, ff) = (c.n_embd, c.n_ff_exp);
@@ -253,7 +284,7 @@ impl GptOss {
         let mut order: Vec<usize> = (0..c.n_expert).collect();
         order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
         let chosen = &order[..c.n_expert_used];
-        if self.advise_experts {
+        if advise {
             // Page in all chosen experts' bytes now, so that on a machine where the weights do
             // not stay cached the kernel reads the later experts while the first computes.
             for &x in chosen {
@@ -265,14 +296,8 @@ impl GptOss {
         let zmax = z[chosen[0]];
         let ws: Vec<f32> = chosen.iter().map(|&x| (z[x] - zmax).exp()).collect();
         let wsum: f32 = ws.iter().sum();
-        let (mut g, mut u, mut y) = (vec![0.0f32; ff], vec![0.0f32; ff], vec![0.0f32; e]);
-        // Fast precision: `t` is quantized once for the gate and up projections of every chosen
-        // expert; the down projection's input is per expert.
         let p = self.precision;
-        let (mut qt, mut qg) = (QuantCache::default(), QuantCache::default());
-        for (&x, &w) in chosen.iter().zip(&ws) {
-            l.gate.apply(f, p, x, t, &mut qt, &mut g);
-            l.up.apply(f, p, x, t, &mut qt, &mut u);
+        let swiglu = |g: &mut [f32], u: &[f32], x: usize| {
             let (gb, ub) = (
                 &l.gate_b[x * ff..(x + 1) * ff],
                 &l.up_b[x * ff..(x + 1) * ff],
@@ -282,6 +307,68 @@ impl GptOss {
                 let uj = (u[j] + ub[j]).clamp(-c.swiglu_limit, c.swiglu_limit);
                 g[j] = gj / (1.0 + (-c.swiglu_alpha * gj).exp()) * (uj + 1.0);
             }
+        };
+        let k = chosen.len();
+        if l.gate.uses_q8(p) && l.up.uses_q8(p) && l.down.uses_q8(p) {
+            // Fast precision: `t` is quantized once for the gate and up projections of every
+            // chosen expert, and all 2k of them run in one parallel region; then the k down
+            // projections (each on its own quantized input) in another. Same rows, same dots as
+            // one mat-vec at a time, two fork-joins instead of 3k.
+            let mut qt = q8act::Q8Acts::default();
+            q8act::quantize_q8(t, &mut qt);
+            let mut g = vec![0.0f32; k * ff];
+            let mut u = vec![0.0f32; k * ff];
+            let mut jobs = Vec::with_capacity(2 * k);
+            for ((&x, gx), ux) in chosen.iter().zip(g.chunks_mut(ff)).zip(u.chunks_mut(ff)) {
+                for (m, out) in [(&l.gate, gx), (&l.up, ux)] {
+                    jobs.push(q8act::Q8Job {
+                        ty: m.ty,
+                        w: m.matrix(f, x),
+                        rows: ff,
+                        cols: e,
+                        y: qt.view(),
+                        out,
+                    });
+                }
+            }
+            q8act::matvec_q8_multi(jobs);
+            let mut qg: Vec<q8act::Q8Acts> = Vec::with_capacity(k);
+            for ((&x, gx), ux) in chosen.iter().zip(g.chunks_mut(ff)).zip(u.chunks(ff)) {
+                swiglu(gx, ux, x);
+                let mut q = q8act::Q8Acts::default();
+                q8act::quantize_q8(gx, &mut q);
+                qg.push(q);
+            }
+            let mut y = vec![0.0f32; k * e];
+            let jobs = chosen
+                .iter()
+                .zip(&qg)
+                .zip(y.chunks_mut(e))
+                .map(|((&x, q), out)| q8act::Q8Job {
+                    ty: l.down.ty,
+                    w: l.down.matrix(f, x),
+                    rows: e,
+                    cols: ff,
+                    y: q.view(),
+                    out,
+                })
+                .collect();
+            q8act::matvec_q8_multi(jobs);
+            for ((&x, &w), yx) in chosen.iter().zip(&ws).zip(y.chunks(e)) {
+                let db = &l.down_b[x * e..(x + 1) * e];
+                let wk = w / wsum;
+                for j in 0..e {
+                    out[j] += wk * (yx[j] + db[j]);
+                }
+            }
+            return;
+        }
+        let (mut g, mut u, mut y) = (vec![0.0f32; ff], vec![0.0f32; ff], vec![0.0f32; e]);
+        let (mut qt, mut qg) = (QuantCache::default(), QuantCache::default());
+        for (&x, &w) in chosen.iter().zip(&ws) {
+            l.gate.apply(f, p, x, t, &mut qt, &mut g);
+            l.up.apply(f, p, x, t, &mut qt, &mut u);
+            swiglu(&mut g, &u, x);
             qg.valid = false;
             l.down.apply(f, p, x, &g, &mut qg, &mut y);
             let db = &l.down_b[x * e..(x + 1) * e];
@@ -329,6 +416,17 @@ impl Model for GptOss {
         let (nq, nkv) = (c.n_head * d, c.n_head_kv * d);
         let f = &*self.file;
         let p = self.precision;
+        let advise = match self.advise {
+            AdviseExperts::Always => true,
+            AdviseExperts::Never => false,
+            AdviseExperts::OnMajorFaults => {
+                let now = major_faults();
+                let prev = self
+                    .last_majflt
+                    .swap(now, std::sync::atomic::Ordering::Relaxed);
+                now > prev
+            }
+        };
         let mut x = super::embed(f, &self.tok_embd, tokens, c.n_vocab)?;
         let mut xn = vec![0.0f32; n * e];
         let mut q = vec![0.0f32; n * nq];
@@ -370,7 +468,12 @@ impl Model for GptOss {
             super::rmsnorm_rows(&x, &l.post_norm, c.rms_eps, &mut xn);
             tmp.iter_mut().for_each(|a| *a = 0.0);
             for t in 0..n {
-                self.moe(l, &xn[t * e..(t + 1) * e], &mut tmp[t * e..(t + 1) * e]);
+                self.moe(
+                    l,
+                    &xn[t * e..(t + 1) * e],
+                    &mut tmp[t * e..(t + 1) * e],
+                    advise,
+                );
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
