@@ -504,7 +504,7 @@ pub fn matvec_q8_multi(jobs: Vec<Q8Job<'_>>) {
     let k = q8_kernel();
     let threads = rayon::current_num_threads().max(1);
     let total: usize = jobs.iter().map(|j| j.rows).sum();
-    let mut tasks: Vec<(GgmlType, &[u8], usize, Q8Ref<'_>, &mut [f32])> = Vec::new();
+    let mut tasks: Vec<Q8Job<'_>> = Vec::new();
     for j in jobs {
         let rb = row_bytes(j.ty, j.cols);
         assert!(
@@ -523,12 +523,20 @@ pub fn matvec_q8_multi(jobs: Vec<Q8Job<'_>>) {
         let min_rows = TASK_MIN_WORK.div_ceil(j.cols.max(1)).max(1);
         let chunk = total.div_ceil(threads * 4).max(min_rows).min(j.rows);
         for (oc, wc) in j.out.chunks_mut(chunk).zip(j.w.chunks(chunk * rb)) {
-            tasks.push((j.ty, wc, rb, j.y, oc));
+            tasks.push(Q8Job {
+                ty: j.ty,
+                w: wc,
+                rows: oc.len(),
+                cols: j.cols,
+                y: j.y,
+                out: oc,
+            });
         }
     }
-    tasks
-        .into_par_iter()
-        .for_each(|(ty, wc, rb, y, oc)| q8_at!(k, dots_scalar, dots(ty, wc, rb, y, oc)));
+    tasks.into_par_iter().for_each(|t| {
+        let rb = row_bytes(t.ty, t.cols);
+        q8_at!(k, dots_scalar, dots(t.ty, t.w, rb, t.y, t.out))
+    });
 }
 
 /// `out[r] = row_r · y` for a `[rows × cols]` matrix of raw `ty` bytes and one quantized
