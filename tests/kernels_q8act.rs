@@ -247,6 +247,65 @@ fn matvec_and_matmat_are_bit_identical_at_every_kernel() {
     }
 }
 
+/// Several mat-vecs in one parallel region give exactly the rows of one mat-vec at a time,
+/// whatever the mix of types, shapes and thread counts.
+#[test]
+fn matvec_multi_equals_separate_matvecs() {
+    let mut rng = Rng(11);
+    let shapes = [
+        (GgmlType::MXFP4, 300usize, 90usize),
+        (GgmlType::Q8_0, 7, 3),
+        (GgmlType::MXFP4, 129, 17),
+        (GgmlType::Q4_1, 1, 9),
+    ];
+    let data: Vec<(GgmlType, usize, usize, Vec<u8>, Q8Acts)> = shapes
+        .iter()
+        .map(|&(ty, rows, blocks)| {
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| weight_row(&mut rng, ty, blocks))
+                .collect();
+            let x = activations(&mut rng, blocks, false);
+            (ty, rows, blocks * 32, w, quantize(SimdLevel::Scalar, &x))
+        })
+        .collect();
+    let want: Vec<Vec<f32>> = data
+        .iter()
+        .map(|(ty, rows, cols, w, q)| {
+            let mut y = vec![0.0f32; *rows];
+            q8act::matvec_q8(*ty, w, *rows, *cols, q.view(), &mut y);
+            y
+        })
+        .collect();
+    for threads in [1usize, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut outs: Vec<Vec<f32>> = data.iter().map(|d| vec![f32::NAN; d.1]).collect();
+        pool.install(|| {
+            let jobs = data
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|((ty, rows, cols, w, q), out)| q8act::Q8Job {
+                    ty: *ty,
+                    w,
+                    rows: *rows,
+                    cols: *cols,
+                    y: q.view(),
+                    out,
+                })
+                .collect();
+            q8act::matvec_q8_multi(jobs);
+        });
+        for (i, (o, w)) in outs.iter().zip(&want).enumerate() {
+            assert!(
+                o.iter().zip(w).all(|(a, b)| same(*a, *b)),
+                "job {i}, {threads} threads"
+            );
+        }
+    }
+}
+
 #[test]
 fn matvec_is_independent_of_the_thread_count() {
     let mut rng = Rng(5);
