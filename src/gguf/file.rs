@@ -150,6 +150,17 @@ impl GgufFile {
         })
     }
 
+    /// Map every page of the model into this process now (`MADV_POPULATE_READ`: reads what is
+    /// not in the page cache and fills the page tables in one call per shard), as a prefill that
+    /// touches every weight would; returns false if the kernel refused (the pages are then
+    /// simply faulted in on first use). Benchmarks call this so that timed decode steps measure
+    /// the steady state, not first-touch page faults.
+    pub fn populate(&self) -> bool {
+        self.maps
+            .iter()
+            .all(|m| m.advise(memmap2::Advice::PopulateRead).is_ok())
+    }
+
     /// Number of files (shards) of the model.
     pub fn n_shards(&self) -> usize {
         self.maps.len()
