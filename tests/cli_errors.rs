@@ -238,12 +238,19 @@ fn bad_kv_options_fail_cleanly() {
     let model = common::default_model_path();
     let m = model.to_string_lossy().into_owned();
     let base = ["run", "--model", m.as_str(), "--prompt", "hi", "-n", "2"];
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--kv-ram", "abc"], "--kv-ram"),
         (&["--block-tokens", "0"], "--block-tokens"),
         (&["--kv-dtype", "bf16"], "kv-dtype"),
         (&["--kv-backend", "aio"], "kv-backend"),
-        (&["--attention", "sparse"], "--attention sparse"),
+        (
+            &["--attention", "sparse", "--sparse-mass", "1.5"],
+            "--sparse-mass",
+        ),
+        (
+            &["--attention", "sparse", "--sparse-budget", "0"],
+            "--sparse-budget",
+        ),
         // sysfs refuses new files even to root.
         (&["--kv-disk", "/sys/kernel/kvspool-test"], "not writable"),
     ];

@@ -36,9 +36,19 @@ pub struct CommonKv {
     /// Tokens per KV block.
     #[arg(long, default_value_t = 64)]
     pub block_tokens: usize,
-    /// Which blocks a full-attention layer reads.
+    /// Which blocks a full-attention layer reads: dense (all) or sparse (query-aware: blocks in
+    /// order of their key-bound score until --sparse-mass or --sparse-budget; decode steps only).
     #[arg(long, default_value = "dense", value_parser = ["dense", "sparse"])]
     pub attention: String,
+    /// Sparse attention: stop adding blocks once their estimated attention mass reaches this.
+    #[arg(long, default_value_t = 0.95)]
+    pub sparse_mass: f32,
+    /// Sparse attention: ... or once the selection holds this many tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub sparse_budget: usize,
+    /// Sparse attention: always read the blocks of the most recent this-many positions.
+    #[arg(long, default_value_t = 256)]
+    pub sparse_recent: usize,
     /// The prefetcher.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub prefetch: String,
@@ -135,8 +145,14 @@ impl CommonKv {
 
     /// Check the options that do not need the model.
     pub fn validate(&self) -> Result<()> {
-        if self.attention == "sparse" {
-            bail!("--attention sparse is not available in this build yet (query-aware block selection is the next milestone); use --attention dense");
+        if !(self.sparse_mass > 0.0 && self.sparse_mass <= 1.0) {
+            bail!(
+                "--sparse-mass {} is out of range: use a fraction in (0, 1] (0.95 is the default)",
+                self.sparse_mass
+            );
+        }
+        if self.sparse_budget == 0 {
+            bail!("--sparse-budget must be at least 1 token (4096 is the default)");
         }
         if self.block_tokens == 0 || self.block_tokens > 4096 {
             bail!(
@@ -220,6 +236,13 @@ impl CommonKv {
         cfg.fingerprint = fingerprint;
         cfg.trace = self.trace.clone();
         cfg.max_batch = max_batch.max(1);
+        if self.attention == "sparse" {
+            cfg.sparse = Some(kvspool::kv::tiered::SparseConfig {
+                mass: self.sparse_mass,
+                budget_tokens: self.sparse_budget,
+                recent_tokens: self.sparse_recent,
+            });
+        }
         let kv = TieredKv::new(geo, cfg)?;
         Ok((kv, guard))
     }
@@ -251,6 +274,25 @@ pub fn kv_json(s: &KvStats) -> Value {
         "policy": s.policy,
         "backend": s.backend,
         "prefetch": s.prefetch,
+        "sparse": sparse_json(s),
+    })
+}
+
+/// Sparse-attention totals: the fraction of candidate blocks read, the mean estimated mass of
+/// the selections, and how many passes fell back to dense (null when no pass was sparse).
+fn sparse_json(s: &KvStats) -> Value {
+    let mut t = kvspool::kv::LayerStats::default();
+    for l in &s.layers {
+        t.add(l);
+    }
+    if t.sparse_candidates == 0 {
+        return Value::Null;
+    }
+    json!({
+        "blocks_read_fraction": t.sparse_selected as f64 / t.sparse_candidates as f64,
+        "mean_est_mass": if t.sparse_passes > 0 { t.sparse_mass_ppm as f64 / 1e6 / t.sparse_passes as f64 } else { 1.0 },
+        "sparse_passes": t.sparse_passes,
+        "dense_fallbacks": t.sparse_dense_fallbacks,
     })
 }
 

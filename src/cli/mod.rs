@@ -626,7 +626,22 @@ fn logits(a: LogitsArgs) -> Result<()> {
     let n_ctx = ctx_size(&a.kv, &loaded)?.max(ids.len());
     let (kv, _tmp) = model_kv(&a.kv, &loaded, n_ctx, a.batch)?;
     let mut session = Session::new(&*loaded.model, Box::new(kv));
-    let all = session.prefill(&ids, a.batch, LogitsFor::All, &mut |_, _| {})?;
+    let all = if a.kv.attention == "sparse" {
+        // As `run` does: the tokens before the first requested position are a prompt, prefilled
+        // densely; from there every position is a decode step (one token, sparse selection).
+        let p0 = positions.iter().copied().min().unwrap_or(0);
+        let mut all = if p0 > 0 {
+            session.prefill(&ids[..p0], a.batch.max(2), LogitsFor::All, &mut |_, _| {})?
+        } else {
+            Vec::new()
+        };
+        for &t in &ids[p0..] {
+            all.extend_from_slice(session.step(t)?);
+        }
+        all
+    } else {
+        session.prefill(&ids, a.batch, LogitsFor::All, &mut |_, _| {})?
+    };
     let rows: Vec<&[f32]> = positions
         .iter()
         .map(|&p| &all[p * n_vocab..(p + 1) * n_vocab])

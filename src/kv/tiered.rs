@@ -100,6 +100,101 @@ pub struct TieredConfig {
     /// Largest query batch `attend` gets (sliding-window rings keep `window + max_batch`
     /// positions).
     pub max_batch: usize,
+    /// Query-aware sparse attention for single-token queries on full-attention layers
+    /// (`--attention sparse`); `None` = dense.
+    pub sparse: Option<SparseConfig>,
+}
+
+/// `--attention sparse`: which blocks a single-token query reads (see [`select_blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseConfig {
+    /// Stop adding blocks once their estimated attention mass reaches this (0..=1).
+    pub mass: f32,
+    /// ... or once the selection holds this many tokens.
+    pub budget_tokens: usize,
+    /// Always read the blocks holding the most recent this-many positions.
+    pub recent_tokens: usize,
+}
+
+impl Default for SparseConfig {
+    fn default() -> Self {
+        SparseConfig {
+            mass: 0.95,
+            budget_tokens: 4096,
+            recent_tokens: 256,
+        }
+    }
+}
+
+/// Quest-style block selection for one query token. `scores[b * n_kv + h]` is the upper bound of
+/// the scaled attention logit of block `b` for KV head `h` (the max over the query heads of the
+/// group of `scale · Σ_j max(q_j·min_j, q_j·max_j)`), `tokens[b]` the positions block `b` holds.
+/// Each head's estimated mass of block `b` is `tokens[b]·exp(score − max)` normalized over blocks;
+/// a block's mass is the mean over heads. Forced: block 0 (attention sinks), the blocks holding
+/// the last `recent_tokens` positions (the last block is the one being filled). Then blocks in
+/// decreasing mass (lower index on ties) until the mass reaches `cfg.mass` or the tokens reach
+/// `cfg.budget_tokens`. Returns the selection in increasing block order and its estimated mass;
+/// `None` when the bounds cannot separate the blocks (the selection would cover over 3/4 of
+/// them): read densely.
+pub fn select_blocks(
+    scores: &[f32],
+    n_kv: usize,
+    tokens: &[usize],
+    cfg: &SparseConfig,
+) -> Option<(Vec<usize>, f32)> {
+    let nb = tokens.len();
+    let total: usize = tokens.iter().sum();
+    if nb == 0 || total <= cfg.budget_tokens {
+        return None;
+    }
+    let mut mass = vec![0.0f32; nb];
+    for h in 0..n_kv {
+        let mx = (0..nb)
+            .map(|b| scores[b * n_kv + h])
+            .fold(f32::NEG_INFINITY, f32::max);
+        if !mx.is_finite() {
+            return None;
+        }
+        let w: Vec<f32> = (0..nb)
+            .map(|b| tokens[b] as f32 * (scores[b * n_kv + h] - mx).exp())
+            .collect();
+        let sum: f32 = w.iter().sum();
+        for (m, x) in mass.iter_mut().zip(&w) {
+            *m += x / sum / n_kv as f32;
+        }
+    }
+    // (chosen, mass so far, tokens so far)
+    let mut st = (vec![false; nb], 0.0f32, 0usize);
+    let take = |b: usize, st: &mut (Vec<bool>, f32, usize)| {
+        if !st.0[b] {
+            st.0[b] = true;
+            st.1 += mass[b];
+            st.2 += tokens[b];
+        }
+    };
+    take(0, &mut st);
+    let mut recent = 0usize;
+    for b in (0..nb).rev() {
+        if recent >= cfg.recent_tokens.max(1) {
+            break;
+        }
+        take(b, &mut st);
+        recent += tokens[b];
+    }
+    let mut order: Vec<usize> = (0..nb).collect();
+    order.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
+    for b in order {
+        if st.1 >= cfg.mass || st.2 >= cfg.budget_tokens {
+            break;
+        }
+        take(b, &mut st);
+    }
+    let (chosen, got_mass) = (st.0, st.1);
+    let sel: Vec<usize> = (0..nb).filter(|&b| chosen[b]).collect();
+    if sel.len() * 4 > nb * 3 {
+        return None;
+    }
+    Some((sel, got_mass.min(1.0)))
 }
 
 impl TieredConfig {
@@ -117,6 +212,7 @@ impl TieredConfig {
             fingerprint: 0,
             trace: None,
             max_batch: 512,
+            sparse: None,
         }
     }
 }
@@ -140,6 +236,17 @@ pub struct LayerStats {
     pub bytes_written: u64,
     /// Time the pass waited for reads, in nanoseconds.
     pub stall_ns: u64,
+    /// Sparse attention: blocks (tail included) the sparse passes could have read.
+    pub sparse_candidates: u64,
+    /// Sparse attention: blocks they read.
+    pub sparse_selected: u64,
+    /// Sparse attention: passes read densely because the bounds could not separate blocks.
+    pub sparse_dense_fallbacks: u64,
+    /// Sparse attention: sum over passes of the selection's estimated attention mass (in
+    /// millionths; divide by passes for the mean).
+    pub sparse_mass_ppm: u64,
+    /// Sparse attention: passes that selected.
+    pub sparse_passes: u64,
 }
 
 impl LayerStats {
@@ -153,6 +260,11 @@ impl LayerStats {
         self.bytes_read += o.bytes_read;
         self.bytes_written += o.bytes_written;
         self.stall_ns += o.stall_ns;
+        self.sparse_candidates += o.sparse_candidates;
+        self.sparse_selected += o.sparse_selected;
+        self.sparse_dense_fallbacks += o.sparse_dense_fallbacks;
+        self.sparse_mass_ppm += o.sparse_mass_ppm;
+        self.sparse_passes += o.sparse_passes;
     }
 
     fn sub(&self, o: &LayerStats) -> LayerStats {
@@ -165,6 +277,11 @@ impl LayerStats {
             bytes_read: self.bytes_read - o.bytes_read,
             bytes_written: self.bytes_written - o.bytes_written,
             stall_ns: self.stall_ns - o.stall_ns,
+            sparse_candidates: self.sparse_candidates - o.sparse_candidates,
+            sparse_selected: self.sparse_selected - o.sparse_selected,
+            sparse_dense_fallbacks: self.sparse_dense_fallbacks - o.sparse_dense_fallbacks,
+            sparse_mass_ppm: self.sparse_mass_ppm - o.sparse_mass_ppm,
+            sparse_passes: self.sparse_passes - o.sparse_passes,
         }
     }
 
@@ -1537,10 +1654,50 @@ impl KvCache for TieredKv {
         let (chunk, pf_depth) = self.chunk_plan(qy.n_tokens, qy.n_head);
         let n_sealed = self.layers[layer].sealed.len();
         let sliding = self.layers[layer].window.is_some();
+        // The blocks this pass reads, in increasing order: the whole causal (windowed) range,
+        // or, for a single-token query with sparse attention on a full layer, a selection.
+        let mut list: Vec<usize> = (b_lo..=b_hi).collect();
+        let sparse = self
+            .cfg
+            .sparse
+            .filter(|sp| !sliding && qy.n_tokens == 1 && stored > sp.budget_tokens);
+        if let Some(sp) = sparse {
+            let nb = b_hi + 1;
+            let mut scores = vec![f32::NEG_INFINITY; nb * n_kv];
+            let mut tokens = vec![bt; nb];
+            tokens[nb - 1] = stored - (nb - 1) * bt;
+            for (b, sc) in scores.chunks_exact_mut(n_kv).enumerate() {
+                let Some(kb) = self.key_bounds(layer, b) else {
+                    continue;
+                };
+                for (g, s) in sc.iter_mut().enumerate() {
+                    for hq in 0..pass.group {
+                        let h = g * pass.group + hq;
+                        let ub = kb.upper_bound_dot(g, &qy.q[h * d..(h + 1) * d]) * qy.scale;
+                        *s = s.max(ub);
+                    }
+                }
+            }
+            let st = &mut self.stats[layer];
+            st.sparse_candidates += nb as u64;
+            match select_blocks(&scores, n_kv, &tokens, &sp) {
+                Some((sel, mass)) => {
+                    st.sparse_selected += sel.len() as u64;
+                    st.sparse_mass_ppm += (mass as f64 * 1e6) as u64;
+                    st.sparse_passes += 1;
+                    list = sel;
+                }
+                None => {
+                    st.sparse_selected += nb as u64;
+                    st.sparse_dense_fallbacks += 1;
+                }
+            }
+        }
+        let dense = list.len() == b_hi + 1 - b_lo;
         let mut held = Vec::new();
-        let mut b = b_lo;
-        while b <= b_hi {
-            let end = (b + chunk).min(b_hi + 1);
+        let pieces: Vec<&[usize]> = list.chunks(chunk.max(1)).collect();
+        for (pi, piece) in pieces.iter().enumerate() {
+            let (b, end) = (piece[0], piece[piece.len() - 1] + 1);
             if sliding {
                 let l = &self.layers[layer];
                 let mut blocks: Vec<(usize, &[u8])> = Vec::new();
@@ -1556,16 +1713,25 @@ impl KvCache for TieredKv {
                     }
                 }
                 pass.run_chunk(&blocks, stored, &mut states, &mut self.parts);
-                b = end;
                 continue;
             }
-            let ids: Vec<BlockId> = (b..end.min(n_sealed))
-                .map(|i| BlockId::new(layer as u32, i as u32))
+            let ids: Vec<BlockId> = piece
+                .iter()
+                .filter(|&&i| i < n_sealed)
+                .map(|&i| BlockId::new(layer as u32, i as u32))
                 .collect();
-            let next = if pf_depth > 0 {
+            let next = if pf_depth == 0 {
+                Vec::new()
+            } else if dense {
                 self.predict(|p, v| p.next_in_pass(layer, b..end.min(n_sealed), v), chunk)
             } else {
-                Vec::new()
+                // Sparse: the next piece of the selection.
+                pieces.get(pi + 1).map_or(Vec::new(), |nx| {
+                    nx.iter()
+                        .filter(|&&i| i < n_sealed)
+                        .map(|&i| BlockId::new(layer as u32, i as u32))
+                        .collect()
+                })
             };
             if !ids.is_empty() {
                 self.acquire(&ids, &next, pf_depth, &mut held)?;
@@ -1573,8 +1739,8 @@ impl KvCache for TieredKv {
                 held.clear();
             }
             {
-                let mut blocks: Vec<(usize, &[u8])> = Vec::with_capacity(end - b);
-                for (i, h) in held.iter().enumerate() {
+                let mut blocks: Vec<(usize, &[u8])> = Vec::with_capacity(piece.len());
+                for (h, &bi) in held.iter().zip(piece.iter()) {
                     let data = match *h {
                         Held::Frame(f) => self.arena.try_data(f),
                         Held::Staging(k) => self.staging[k].as_deref().map(|x| &x[..]),
@@ -1582,7 +1748,7 @@ impl KvCache for TieredKv {
                     let Some(data) = data else {
                         return Err(KvError::Contract("held block has no data".into()));
                     };
-                    blocks.push((b + i, data));
+                    blocks.push((bi, data));
                 }
                 if end > n_sealed {
                     // The tail block (partially filled) closes the range.
@@ -1591,7 +1757,6 @@ impl KvCache for TieredKv {
                 pass.run_chunk(&blocks, stored, &mut states, &mut self.parts);
             }
             self.release(&held)?;
-            b = end;
         }
         for (s, o) in states.iter().zip(out.chunks_exact_mut(d)) {
             s.finish(o);

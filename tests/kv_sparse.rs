@@ -1,0 +1,146 @@
+//! Query-aware sparse attention (`--attention sparse`, `kv::tiered::select_blocks`): the
+//! selection rule, equality with dense when the budget covers the context, and determinism
+//! (the selection depends only on the keys' bounds and the query, never on the RAM budget, the
+//! backend or the prefetcher, so results are bit-identical across them).
+
+mod common;
+
+use kvspool::kv::disk::BackendKind;
+use kvspool::kv::format::KvDtype;
+use kvspool::kv::tiered::{select_blocks, SparseConfig};
+use kvspool::kv::{AttnQuery, KvCache, KvGeometry, TieredConfig, TieredKv};
+
+struct Rng(u64);
+
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+}
+
+#[test]
+fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
+    // 10 blocks of 64, one KV head; block 5 scores far above the rest, block 7 next.
+    let mut scores = vec![0.0f32; 10];
+    scores[5] = 10.0;
+    scores[7] = 8.0;
+    let tokens = vec![64usize; 10];
+    let cfg = SparseConfig {
+        mass: 0.9,
+        budget_tokens: 256,
+        recent_tokens: 64,
+    };
+    let (sel, mass) = select_blocks(&scores, 1, &tokens, &cfg).unwrap();
+    // block 0 (sinks), block 9 (recent), then 5 (most mass) and 7 (next) reach the 90%.
+    assert_eq!(sel, vec![0, 5, 7, 9]);
+    assert!(mass >= 0.9, "{mass}");
+    // The token budget stops the selection: 3 blocks = 192 tokens after forced ones is capped.
+    let cfg2 = SparseConfig {
+        budget_tokens: 192,
+        ..cfg
+    };
+    let (sel2, _) = select_blocks(&scores, 1, &tokens, &cfg2).unwrap();
+    assert_eq!(sel2, vec![0, 5, 9]);
+    // Flat scores: the mass rule needs nearly every block -> dense fallback.
+    let flat = vec![1.0f32; 10];
+    let cfg3 = SparseConfig {
+        budget_tokens: 640,
+        ..cfg
+    };
+    assert!(select_blocks(&flat, 1, &tokens, &cfg3).is_none());
+    // A context within the budget is never sparse.
+    assert!(select_blocks(&scores, 1, &tokens, &SparseConfig::default()).is_none());
+}
+
+fn run(sparse: Option<SparseConfig>, ram: usize, backend: BackendKind) -> (Vec<f32>, u64) {
+    let (n, bt) = (1200usize, 32usize);
+    let geo = KvGeometry::dense(2, 2, 16, n + 8);
+    let mut c = TieredConfig::new(ram, common::kv_dir());
+    c.dtype = KvDtype::F16;
+    c.block_tokens = bt;
+    c.backend = backend;
+    c.sparse = sparse;
+    let mut kv = TieredKv::new(geo.clone(), c).unwrap();
+    let mut r = Rng(7);
+    let row = geo.row_len();
+    // Keys with a few "topical" bursts so that block bounds differ.
+    for layer in 0..2 {
+        for p in 0..n {
+            let burst = if (p / 97) % 5 == 0 { 3.0 } else { 0.5 };
+            let k: Vec<f32> = (0..row).map(|_| r.f() * burst).collect();
+            let v: Vec<f32> = (0..row).map(|_| r.f()).collect();
+            kv.append(layer, &k, &v).unwrap();
+        }
+    }
+    let n_head = 4;
+    let q: Vec<f32> = (0..n_head * 16).map(|_| r.f() * 2.0).collect();
+    let mut out = vec![0.0f32; q.len()];
+    let mut all = Vec::new();
+    for layer in 0..2 {
+        let qy = AttnQuery {
+            q: &q,
+            n_tokens: 1,
+            pos0: n - 1,
+            n_head,
+            scale: 0.25,
+            sinks: None,
+            window: None,
+        };
+        kv.attend(layer, &qy, &mut out).unwrap();
+        all.extend_from_slice(&out);
+    }
+    let st = KvCache::stats(&kv).unwrap();
+    let selected: u64 = st.layers.iter().map(|l| l.sparse_selected).sum();
+    (all, selected)
+}
+
+#[test]
+fn sparse_with_a_budget_covering_the_context_equals_dense() {
+    let dense = run(None, 1 << 30, BackendKind::Pread).0;
+    let wide = SparseConfig {
+        mass: 1.0,
+        budget_tokens: 1 << 20,
+        recent_tokens: 256,
+    };
+    let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
+    assert!(dense
+        .iter()
+        .zip(&got)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
+    let cfg = SparseConfig {
+        mass: 0.95,
+        budget_tokens: 256,
+        recent_tokens: 64,
+    };
+    let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
+    let candidates = 2 * 1200usize.div_ceil(32) as u64;
+    assert!(
+        selected < candidates / 2,
+        "{selected} of {candidates} blocks"
+    );
+    let dense = run(None, 1 << 30, BackendKind::Pread).0;
+    assert!(
+        base.iter().zip(&dense).any(|(a, b)| a != b),
+        "sparse read everything?"
+    );
+    for ram in [0usize, 64 * 1024] {
+        for backend in [BackendKind::Pread, BackendKind::Mmap, BackendKind::Uring] {
+            let (got, sel) = run(Some(cfg), ram, backend);
+            assert_eq!(sel, selected);
+            assert!(
+                got.iter()
+                    .zip(&base)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "ram {ram} {backend:?}"
+            );
+        }
+    }
+}
