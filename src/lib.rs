@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod kv;
 pub mod model;
 pub mod paths;
+pub mod profile;
 pub mod quant;
 pub mod tokenizer;
 pub mod units;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod kvopts;
+mod profile;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -44,6 +45,9 @@ enum Cmd {
     /// Benchmarks (`bench decode`).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Per-layer hit rates, miss reasons, bytes and stall time of a KV trace (`--trace`); --svg
+    /// draws the timeline.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Args)]
@@ -234,6 +238,7 @@ pub fn main() -> Result<()> {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Plan(a) => plan(a),
         Cmd::Bench(b) => bench::main(b),
+        Cmd::Profile(a) => profile::main(a),
     }
 }
 
