@@ -34,7 +34,9 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         budget_tokens: 256,
         recent_tokens: 64,
     };
+    let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (sel, mass) = select_blocks(&scores, 1, &tokens, &cfg).unwrap();
+    let sel = ids(sel);
     // block 0 (sinks), block 9 (recent), then 5 (most mass) and 7 (next) reach the 90%.
     assert_eq!(sel, vec![0, 5, 7, 9]);
     assert!(mass >= 0.9, "{mass}");
@@ -44,7 +46,18 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         ..cfg
     };
     let (sel2, _) = select_blocks(&scores, 1, &tokens, &cfg2).unwrap();
-    assert_eq!(sel2, vec![0, 5, 9]);
+    assert_eq!(ids(sel2), vec![0, 5, 9]);
+    // Two KV heads preferring different blocks: the union, each block with its heads.
+    let mut two = vec![0.0f32; 20];
+    two[5 * 2] = 10.0; // head 0 likes block 5
+    two[3 * 2 + 1] = 10.0; // head 1 likes block 3
+    let cfg4 = SparseConfig {
+        mass: 0.5,
+        budget_tokens: 256,
+        recent_tokens: 64,
+    };
+    let (sel4, _) = select_blocks(&two, 2, &tokens, &cfg4).unwrap();
+    assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
     // Flat scores: the mass rule needs nearly every block -> dense fallback.
     let flat = vec![1.0f32; 10];
     let cfg3 = SparseConfig {

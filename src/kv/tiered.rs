@@ -126,28 +126,30 @@ impl Default for SparseConfig {
     }
 }
 
-/// Quest-style block selection for one query token. `scores[b * n_kv + h]` is the upper bound of
-/// the scaled attention logit of block `b` for KV head `h` (the max over the query heads of the
-/// group of `scale · Σ_j max(q_j·min_j, q_j·max_j)`), `tokens[b]` the positions block `b` holds.
-/// Each head's estimated mass of block `b` is `tokens[b]·exp(score − max)` normalized over blocks;
-/// a block's mass is the mean over heads. Forced: block 0 (attention sinks), the blocks holding
-/// the last `recent_tokens` positions (the last block is the one being filled). Then blocks in
-/// decreasing mass (lower index on ties) until the mass reaches `cfg.mass` or the tokens reach
-/// `cfg.budget_tokens`. Returns the selection in increasing block order and its estimated mass;
-/// `None` when the bounds cannot separate the blocks (the selection would cover over 3/4 of
-/// them): read densely.
+/// Quest-style block selection for one query token, per KV head. `scores[b * n_kv + h]` is the
+/// upper bound of the scaled attention logit of block `b` for KV head `h` (the max over the query
+/// heads of the group of `scale · Σ_j max(q_j·min_j, q_j·max_j)`), `tokens[b]` the positions
+/// block `b` holds. Head `h`'s estimated mass of block `b` is `tokens[b]·exp(score − max)`
+/// normalized over blocks. Every head reads block 0 (attention sinks) and the blocks holding the
+/// last `recent_tokens` positions (the last block is the one being filled), then its blocks in
+/// decreasing mass (lower index on ties) until its mass reaches `cfg.mass` or its tokens reach
+/// `cfg.budget_tokens`. Returns the union in increasing block order, each block with the mask of
+/// the heads that read it (bit `h`), and the mean estimated mass over heads; `None` when the
+/// bounds cannot separate the blocks (the union would cover over 3/4 of them) or there are more
+/// than 32 KV heads: read densely.
 pub fn select_blocks(
     scores: &[f32],
     n_kv: usize,
     tokens: &[usize],
     cfg: &SparseConfig,
-) -> Option<(Vec<usize>, f32)> {
+) -> Option<(Vec<(usize, u32)>, f32)> {
     let nb = tokens.len();
     let total: usize = tokens.iter().sum();
-    if nb == 0 || total <= cfg.budget_tokens {
+    if nb == 0 || n_kv == 0 || n_kv > 32 || total <= cfg.budget_tokens {
         return None;
     }
-    let mut mass = vec![0.0f32; nb];
+    let mut masks = vec![0u32; nb];
+    let mut mass_sum = 0.0f32;
     for h in 0..n_kv {
         let mx = (0..nb)
             .map(|b| scores[b * n_kv + h])
@@ -159,42 +161,44 @@ pub fn select_blocks(
             .map(|b| tokens[b] as f32 * (scores[b * n_kv + h] - mx).exp())
             .collect();
         let sum: f32 = w.iter().sum();
-        for (m, x) in mass.iter_mut().zip(&w) {
-            *m += x / sum / n_kv as f32;
+        let mass: Vec<f32> = w.iter().map(|x| x / sum).collect();
+        // (mass so far, tokens so far)
+        let mut got = (0.0f32, 0usize);
+        let bit = 1u32 << h;
+        let mut take = |b: usize, got: &mut (f32, usize)| {
+            if masks[b] & bit == 0 {
+                masks[b] |= bit;
+                got.0 += mass[b];
+                got.1 += tokens[b];
+            }
+        };
+        take(0, &mut got);
+        let mut recent = 0usize;
+        for b in (0..nb).rev() {
+            if recent >= cfg.recent_tokens.max(1) {
+                break;
+            }
+            take(b, &mut got);
+            recent += tokens[b];
         }
+        let mut order: Vec<usize> = (0..nb).collect();
+        order.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
+        for b in order {
+            if got.0 >= cfg.mass || got.1 >= cfg.budget_tokens {
+                break;
+            }
+            take(b, &mut got);
+        }
+        mass_sum += got.0.min(1.0);
     }
-    // (chosen, mass so far, tokens so far)
-    let mut st = (vec![false; nb], 0.0f32, 0usize);
-    let take = |b: usize, st: &mut (Vec<bool>, f32, usize)| {
-        if !st.0[b] {
-            st.0[b] = true;
-            st.1 += mass[b];
-            st.2 += tokens[b];
-        }
-    };
-    take(0, &mut st);
-    let mut recent = 0usize;
-    for b in (0..nb).rev() {
-        if recent >= cfg.recent_tokens.max(1) {
-            break;
-        }
-        take(b, &mut st);
-        recent += tokens[b];
-    }
-    let mut order: Vec<usize> = (0..nb).collect();
-    order.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
-    for b in order {
-        if st.1 >= cfg.mass || st.2 >= cfg.budget_tokens {
-            break;
-        }
-        take(b, &mut st);
-    }
-    let (chosen, got_mass) = (st.0, st.1);
-    let sel: Vec<usize> = (0..nb).filter(|&b| chosen[b]).collect();
+    let sel: Vec<(usize, u32)> = (0..nb)
+        .filter(|&b| masks[b] != 0)
+        .map(|b| (b, masks[b]))
+        .collect();
     if sel.len() * 4 > nb * 3 {
         return None;
     }
-    Some((sel, got_mass.min(1.0)))
+    Some((sel, mass_sum / n_kv as f32))
 }
 
 impl TieredConfig {
@@ -1409,13 +1413,17 @@ impl Pass<'_> {
 
     /// Merge the blocks of one chunk (in order) into the running `states`.
     /// `parts` is scratch for the decode path's per-block states (grown as needed, reused).
+    /// `masks[i]` (if not empty): the KV heads (bit per head) that read block `blocks[i]`
+    /// (sparse attention selects per head; decode only).
     fn run_chunk(
         &self,
         blocks: &[(usize, &[u8])],
+        masks: &[u32],
         len: usize,
         states: &mut [AttnState],
         parts: &mut Vec<AttnState>,
     ) {
+        let reads = |bi: usize, g: usize| masks.is_empty() || masks[bi] & (1 << g) != 0;
         let (n_tokens, group, n_kv) = (self.q.n_tokens, self.group, self.n_kv);
         let d = self.bgeo.head_dim;
         if n_tokens <= 2 {
@@ -1434,7 +1442,7 @@ impl Pass<'_> {
                         let (t, g) = (rest / n_kv, rest % n_kv);
                         let (b, data) = blocks[bi];
                         let r = self.range(b, t, len);
-                        if !r.is_empty() {
+                        if !r.is_empty() && reads(bi, g) {
                             self.partial(t, g, data, r, p, scratch);
                         }
                     },
@@ -1445,6 +1453,9 @@ impl Pass<'_> {
                         continue;
                     }
                     for g in 0..n_kv {
+                        if !reads(bi, g) {
+                            continue;
+                        }
                         let p = &parts[((bi * n_tokens + t) * n_kv + g) * group..][..group];
                         let h0 = t * self.q.n_head + g * group;
                         for (s, ps) in states[h0..h0 + group].iter_mut().zip(p) {
@@ -1657,6 +1668,7 @@ impl KvCache for TieredKv {
         // The blocks this pass reads, in increasing order: the whole causal (windowed) range,
         // or, for a single-token query with sparse attention on a full layer, a selection.
         let mut list: Vec<usize> = (b_lo..=b_hi).collect();
+        let mut head_masks: Vec<u32> = Vec::new();
         let sparse = self
             .cfg
             .sparse
@@ -1685,7 +1697,11 @@ impl KvCache for TieredKv {
                     st.sparse_selected += sel.len() as u64;
                     st.sparse_mass_ppm += (mass as f64 * 1e6) as u64;
                     st.sparse_passes += 1;
-                    list = sel;
+                    head_masks = vec![0u32; nb];
+                    for &(b, m) in &sel {
+                        head_masks[b] = m;
+                    }
+                    list = sel.into_iter().map(|(b, _)| b).collect();
                 }
                 None => {
                     st.sparse_selected += nb as u64;
@@ -1712,7 +1728,7 @@ impl KvCache for TieredKv {
                         )));
                     }
                 }
-                pass.run_chunk(&blocks, stored, &mut states, &mut self.parts);
+                pass.run_chunk(&blocks, &[], stored, &mut states, &mut self.parts);
                 continue;
             }
             let ids: Vec<BlockId> = piece
@@ -1754,7 +1770,12 @@ impl KvCache for TieredKv {
                     // The tail block (partially filled) closes the range.
                     blocks.push((n_sealed, &self.layers[layer].tail[..]));
                 }
-                pass.run_chunk(&blocks, stored, &mut states, &mut self.parts);
+                let masks: Vec<u32> = if head_masks.is_empty() {
+                    Vec::new()
+                } else {
+                    piece.iter().map(|&bi| head_masks[bi]).collect()
+                };
+                pass.run_chunk(&blocks, &masks, stored, &mut states, &mut self.parts);
             }
             self.release(&held)?;
         }
