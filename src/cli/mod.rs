@@ -290,8 +290,8 @@ fn fingerprint(file: &GgufFile) -> u64 {
     h
 }
 
-/// The KV RAM budget `kvspool plan` would pick for this machine, context and dtype.
-fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv, bpv: f64) -> u64 {
+/// What `kvspool plan` would pick for this machine, context and bytes per KV value.
+fn plan_for(loaded: &Loaded, n_ctx: usize, kv: &CommonKv, bpv: f64) -> kvspool::engine::plan::Plan {
     let ram = kvopts::machine_ram().unwrap_or(16 << 30);
     let input = kvspool::engine::plan::PlanInput {
         ram_bytes: ram,
@@ -299,7 +299,7 @@ fn planned_kv_ram(loaded: &Loaded, n_ctx: usize, kv: &CommonKv, bpv: f64) -> u64
         kv_bytes_per_value: bpv,
         block_tokens: kv.block_tokens as u64,
     };
-    kvspool::engine::plan::plan(&loaded.file, &loaded.config, &input).kv_ram_bytes
+    kvspool::engine::plan::plan(&loaded.file, &loaded.config, &input)
 }
 
 /// The tiered KV cache for `loaded` at `n_ctx` positions, from the KV options (the budget
@@ -314,7 +314,10 @@ fn model_kv(
     let (dtype, ram) = match kv.explicit_dtype()? {
         Some(d) => {
             let bpv = kvopts::bytes_per_value(d);
-            (d, kv.ram_bytes(|| planned_kv_ram(loaded, n_ctx, kv, bpv))?)
+            (
+                d,
+                kv.ram_bytes(|| plan_for(loaded, n_ctx, kv, bpv).kv_ram_bytes)?,
+            )
         }
         None => {
             // Fast mode's default format: f16 when the whole context's KV fits the RAM budget
@@ -333,11 +336,11 @@ fn model_kv(
                     (d, ram)
                 }
                 None => {
-                    let total16 = (loaded.config.kv_bytes_per_token(2.0) * n_ctx as f64) as u64;
-                    if planned_kv_ram(loaded, n_ctx, kv, 2.0) >= total16 {
+                    let p16 = plan_for(loaded, n_ctx, kv, 2.0);
+                    if p16.kv_ram_bytes >= p16.kv_total_bytes {
                         (KvDtype::F16, all16 as u64)
                     } else {
-                        (KvDtype::Fp8, planned_kv_ram(loaded, n_ctx, kv, 1.0))
+                        (KvDtype::Fp8, plan_for(loaded, n_ctx, kv, 1.0).kv_ram_bytes)
                     }
                 }
             }

@@ -1709,7 +1709,7 @@ impl KvCache for TieredKv {
                 }
             }
         }
-        let dense = list.len() == b_hi + 1 - b_lo;
+        let dense = head_masks.is_empty();
         let mut held = Vec::new();
         let pieces: Vec<&[usize]> = list.chunks(chunk.max(1)).collect();
         for (pi, piece) in pieces.iter().enumerate() {
