@@ -116,6 +116,79 @@ pub struct Counters {
     /// `predicted_used / predicted`, when the trace has both fields.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<f64>,
+    /// How the predictors did, when the trace has their counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Prediction>,
+}
+
+/// The trace fields [`Prediction`] is made of (the text report shows them in its own table).
+pub const PREDICTION_FIELDS: [&str; 10] = [
+    "predicted",
+    "predicted_used",
+    "spec_predicted",
+    "spec_used",
+    "speculations",
+    "prefetch_reads",
+    "prefetch_unused",
+    "prefetch_lead_s",
+    "sparse_candidates",
+    "sparse_selected",
+];
+
+/// Prediction quality over a set of trace lines (`None` = undefined: nothing to divide).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Prediction {
+    /// Blocks the pass-order predictor (sequential/reuse) named.
+    pub predicted: u64,
+    /// ... of them then read / named.
+    pub order_precision: Option<f64>,
+    /// Blocks read that it had named / blocks read.
+    pub order_recall: Option<f64>,
+    /// Speculative queries received.
+    pub speculations: u64,
+    /// Blocks speculation named.
+    pub spec_predicted: u64,
+    /// ... of them then read / named.
+    pub spec_precision: Option<f64>,
+    /// Blocks read that speculation had named / blocks read.
+    pub spec_recall: Option<f64>,
+    /// Blocks read from disk by prefetches.
+    pub prefetch_reads: u64,
+    /// Prefetched blocks then used (in time or late) / prefetched blocks.
+    pub prefetch_used: Option<f64>,
+    /// Blocks resident or requested by a prefetch before the pass reached them / blocks read.
+    pub coverage: Option<f64>,
+    /// Mean time a prefetch hit had been resident before use, in ms.
+    pub mean_lead_ms: Option<f64>,
+    /// Sparse passes: blocks read / candidate blocks.
+    pub sparse_read_fraction: Option<f64>,
+}
+
+fn div(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+impl Prediction {
+    fn from_counters(c: &Counters) -> Option<Prediction> {
+        let g = |k: &str| c.extra.get(k).copied();
+        let predicted = g("predicted")?;
+        let v = |k: &str| g(k).unwrap_or(0.0);
+        let read = c.blocks_read as f64;
+        Some(Prediction {
+            predicted: predicted as u64,
+            order_precision: div(v("predicted_used"), predicted),
+            order_recall: div(v("predicted_used"), read),
+            speculations: v("speculations") as u64,
+            spec_predicted: v("spec_predicted") as u64,
+            spec_precision: div(v("spec_used"), v("spec_predicted")),
+            spec_recall: div(v("spec_used"), read),
+            prefetch_reads: v("prefetch_reads") as u64,
+            prefetch_used: div((c.prefetch_hits + c.late) as f64, v("prefetch_reads")),
+            coverage: div(read - c.misses as f64, read),
+            mean_lead_ms: div(v("prefetch_lead_s") * 1e3, c.prefetch_hits as f64),
+            sparse_read_fraction: div(v("sparse_selected"), v("sparse_candidates")),
+        })
+    }
 }
 
 /// Per-layer counters.
@@ -226,6 +299,7 @@ fn sum_lines<'a>(lines: impl Iterator<Item = &'a TraceLine>) -> Counters {
     if let (Some(&p), Some(&u)) = (c.extra.get("predicted"), c.extra.get("predicted_used")) {
         c.precision = Some(if p > 0.0 { u / p } else { 1.0 });
     }
+    c.prediction = Prediction::from_counters(&c);
     c
 }
 
@@ -271,7 +345,12 @@ pub fn render_text(p: &Profile) -> String {
         t.wall_s,
         size(t.ram_peak_bytes),
     );
-    let extra_keys: Vec<&String> = t.c.extra.keys().collect();
+    let extra_keys: Vec<&String> =
+        t.c.extra
+            .keys()
+            .filter(|k| !PREDICTION_FIELDS.contains(&k.as_str()))
+            .collect();
+    let with_pred = t.c.prediction.is_some();
     let mut head = format!(
         "{:>5} {:>6} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>11} {:>9} {:>7}",
         "layer",
@@ -290,7 +369,7 @@ pub fn render_text(p: &Profile) -> String {
     for k in &extra_keys {
         head.push_str(&format!(" {:>14}", k));
     }
-    if t.c.precision.is_some() {
+    if t.c.precision.is_some() && !with_pred {
         head.push_str(&format!(" {:>9}", "precision"));
     }
     o.push_str(head.trim_end());
@@ -315,7 +394,7 @@ pub fn render_text(p: &Profile) -> String {
             let v = c.extra.get(*k).copied().unwrap_or(0.0);
             s.push_str(&format!(" {:>14}", fmt_num(v)));
         }
-        if t.c.precision.is_some() {
+        if t.c.precision.is_some() && !with_pred {
             match c.precision {
                 Some(x) => s.push_str(&format!(" {:>8.2}%", x * 100.0)),
                 None => s.push_str(&format!(" {:>9}", "-")),
@@ -332,6 +411,53 @@ pub fn render_text(p: &Profile) -> String {
         "misses by reason: {} late (prefetch in flight), {} on demand (not resident, not prefetched); {} evictions\n",
         t.c.late, t.c.misses, t.c.evictions
     ));
+    if with_pred {
+        o.push_str(&render_prediction(p));
+    }
+    o
+}
+
+/// The prediction table: per layer that read blocks, then all.
+fn render_prediction(p: &Profile) -> String {
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    let mut o = String::from("prediction (order = sequential/reuse predictor, spec = speculation; precision = named and then read / named, recall = read and named / read):\n");
+    o.push_str(&format!(
+        "{:>5} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}\n",
+        "layer",
+        "order",
+        "prec",
+        "recall",
+        "spec",
+        "prec",
+        "recall",
+        "pf_reads",
+        "pf_used",
+        "coverage",
+        "lead_ms",
+        "sparse"
+    ));
+    let row = |o: &mut String, name: String, c: &Counters| {
+        let Some(q) = &c.prediction else { return };
+        o.push_str(&format!(
+            "{:>5} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}\n",
+            name,
+            q.predicted,
+            pct(q.order_precision),
+            pct(q.order_recall),
+            q.spec_predicted,
+            pct(q.spec_precision),
+            pct(q.spec_recall),
+            q.prefetch_reads,
+            pct(q.prefetch_used),
+            pct(q.coverage),
+            q.mean_lead_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            pct(q.sparse_read_fraction),
+        ));
+    };
+    for l in p.layers.iter().filter(|l| l.c.blocks_read > 0) {
+        row(&mut o, l.layer.to_string(), &l.c);
+    }
+    row(&mut o, "all".into(), &p.total.c);
     o
 }
 

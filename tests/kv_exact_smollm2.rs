@@ -10,6 +10,7 @@ mod common;
 use kvspool::engine::Session;
 use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
+use kvspool::kv::prefetch::PrefetchMode;
 use kvspool::kv::{KvStats, TieredConfig, TieredKv};
 use kvspool::model::LogitsFor;
 use kvspool::tokenizer::Tokenizer;
@@ -40,7 +41,11 @@ fn run(
     let mut c = TieredConfig::new(ram, common::kv_dir());
     c.dtype = dtype;
     c.backend = backend;
-    c.prefetch = prefetch;
+    c.prefetch = if prefetch {
+        PrefetchMode::Auto
+    } else {
+        PrefetchMode::Off
+    };
     let kv = TieredKv::new(m.kv_geometry(prompt.len() + N_NEW + 1), c).unwrap();
     let mut s = Session::new(m, Box::new(kv));
     let last = s

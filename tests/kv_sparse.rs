@@ -7,8 +7,9 @@ mod common;
 
 use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
-use kvspool::kv::tiered::{select_blocks, SparseConfig};
-use kvspool::kv::{AttnQuery, KvCache, KvGeometry, TieredConfig, TieredKv};
+use kvspool::kv::prefetch::PrefetchMode;
+use kvspool::kv::tiered::{select_blocks, GroupScore, SparseConfig};
+use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
 
 struct Rng(u64);
 
@@ -33,9 +34,10 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         mass: 0.9,
         budget_tokens: 256,
         recent_tokens: 64,
+        group: GroupScore::Max,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
-    let (sel, mass) = select_blocks(&scores, 1, &tokens, &cfg).unwrap();
+    let (sel, mass) = select_blocks(&scores, 1, 1, &tokens, &cfg).unwrap();
     let sel = ids(sel);
     // block 0 (sinks), block 9 (recent), then 5 (most mass) and 7 (next) reach the 90%.
     assert_eq!(sel, vec![0, 5, 7, 9]);
@@ -45,7 +47,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         budget_tokens: 192,
         ..cfg
     };
-    let (sel2, _) = select_blocks(&scores, 1, &tokens, &cfg2).unwrap();
+    let (sel2, _) = select_blocks(&scores, 1, 1, &tokens, &cfg2).unwrap();
     assert_eq!(ids(sel2), vec![0, 5, 9]);
     // Two KV heads preferring different blocks: the union, each block with its heads.
     let mut two = vec![0.0f32; 20];
@@ -55,8 +57,9 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         mass: 0.5,
         budget_tokens: 256,
         recent_tokens: 64,
+        group: GroupScore::Max,
     };
-    let (sel4, _) = select_blocks(&two, 2, &tokens, &cfg4).unwrap();
+    let (sel4, _) = select_blocks(&two, 2, 1, &tokens, &cfg4).unwrap();
     assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
     // Flat scores: the mass rule needs nearly every block -> dense fallback.
     let flat = vec![1.0f32; 10];
@@ -64,19 +67,36 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         budget_tokens: 640,
         ..cfg
     };
-    assert!(select_blocks(&flat, 1, &tokens, &cfg3).is_none());
+    assert!(select_blocks(&flat, 1, 1, &tokens, &cfg3).is_none());
     // A context within the budget is never sparse.
-    assert!(select_blocks(&scores, 1, &tokens, &SparseConfig::default()).is_none());
+    assert!(select_blocks(&scores, 1, 1, &tokens, &SparseConfig::default()).is_none());
 }
 
 fn run(sparse: Option<SparseConfig>, ram: usize, backend: BackendKind) -> (Vec<f32>, u64) {
+    let (out, st) = run_with(sparse, ram, backend, PrefetchMode::Auto, None, 1);
+    let selected: u64 = st.layers.iter().map(|l| l.sparse_selected).sum();
+    (out, selected)
+}
+
+/// Fill 2 layers with 1200 positions of bursty keys, then decode `steps` tokens (append +
+/// attend on both layers), speculating each layer's query first with `spec_noise` added (None
+/// = no speculation). Returns every output and the final stats.
+fn run_with(
+    sparse: Option<SparseConfig>,
+    ram: usize,
+    backend: BackendKind,
+    prefetch: PrefetchMode,
+    spec_noise: Option<f32>,
+    steps: usize,
+) -> (Vec<f32>, kvspool::kv::KvStats) {
     let (n, bt) = (1200usize, 32usize);
-    let geo = KvGeometry::dense(2, 2, 16, n + 8);
+    let geo = KvGeometry::dense(2, 2, 16, n + steps + 8);
     let mut c = TieredConfig::new(ram, common::kv_dir());
     c.dtype = KvDtype::F16;
     c.block_tokens = bt;
     c.backend = backend;
     c.sparse = sparse;
+    c.prefetch = prefetch;
     let mut kv = TieredKv::new(geo.clone(), c).unwrap();
     let mut r = Rng(7);
     let row = geo.row_len();
@@ -90,25 +110,48 @@ fn run(sparse: Option<SparseConfig>, ram: usize, backend: BackendKind) -> (Vec<f
         }
     }
     let n_head = 4;
-    let q: Vec<f32> = (0..n_head * 16).map(|_| r.f() * 2.0).collect();
-    let mut out = vec![0.0f32; q.len()];
+    let base: Vec<f32> = (0..n_head * 16).map(|_| r.f() * 2.0).collect();
+    let mut out = vec![0.0f32; base.len()];
     let mut all = Vec::new();
-    for layer in 0..2 {
-        let qy = AttnQuery {
-            q: &q,
-            n_tokens: 1,
-            pos0: n - 1,
-            n_head,
-            scale: 0.25,
-            sinks: None,
-            window: None,
-        };
-        kv.attend(layer, &qy, &mut out).unwrap();
-        all.extend_from_slice(&out);
+    // Speculation draws from its own stream: the data must not depend on it.
+    let mut spec_rng = Rng(99);
+    kv.reset_counters();
+    for step in 0..steps {
+        let pos = n - 1 + step;
+        if step > 0 {
+            for layer in 0..2 {
+                let k: Vec<f32> = (0..row).map(|_| r.f() * 0.5).collect();
+                let v: Vec<f32> = (0..row).map(|_| r.f()).collect();
+                kv.append(layer, &k, &v).unwrap();
+            }
+        }
+        // The query drifts slowly from step to step.
+        let q: Vec<f32> = base.iter().map(|b| b + 0.2 * r.f()).collect();
+        for layer in 0..2 {
+            let qy = AttnQuery {
+                q: &q,
+                n_tokens: 1,
+                pos0: pos,
+                n_head,
+                scale: 0.25,
+                sinks: None,
+                window: None,
+            };
+            if let Some(noise) = spec_noise {
+                let est: Vec<f32> = q.iter().map(|x| x + noise * spec_rng.f()).collect();
+                let ey = AttnQuery { q: &est, ..qy };
+                assert_eq!(
+                    kv.wants_speculation(layer),
+                    prefetch.speculates() && sparse.is_some()
+                );
+                kv.speculate(layer, &ey).unwrap();
+            }
+            kv.attend(layer, &qy, &mut out).unwrap();
+            all.extend_from_slice(&out);
+        }
     }
     let st = KvCache::stats(&kv).unwrap();
-    let selected: u64 = st.layers.iter().map(|l| l.sparse_selected).sum();
-    (all, selected)
+    (all, st)
 }
 
 #[test]
@@ -118,6 +161,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         mass: 1.0,
         budget_tokens: 1 << 20,
         recent_tokens: 256,
+        group: GroupScore::Max,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
     assert!(dense
@@ -132,6 +176,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         mass: 0.95,
         budget_tokens: 256,
         recent_tokens: 64,
+        group: GroupScore::Max,
     };
     let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
     let candidates = 2 * 1200usize.div_ceil(32) as u64;
@@ -154,6 +199,88 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "ram {ram} {backend:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn group_sum_averages_the_query_heads_own_mass_estimates() {
+    // One KV head with two query heads, 10 blocks. Head a puts a huge bound on block 5, head b
+    // a moderate one on block 3. Max: block 5 dominates every estimate and the mass rule stops
+    // after it. Sum: each head's distribution counts half, so block 3 is taken too.
+    let tokens = vec![64usize; 10];
+    let mut max_cols = vec![0.0f32; 10];
+    max_cols[5] = 20.0;
+    max_cols[3] = 6.0;
+    let mut sum_cols = vec![0.0f32; 20];
+    sum_cols[5 * 2] = 20.0; // head a
+    sum_cols[3 * 2 + 1] = 6.0; // head b
+    let cfg = SparseConfig {
+        mass: 0.9,
+        budget_tokens: 384,
+        recent_tokens: 64,
+        group: GroupScore::Max,
+    };
+    let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
+    let (m, mass_max) = select_blocks(&max_cols, 1, 1, &tokens, &cfg).unwrap();
+    assert_eq!(ids(m), vec![0, 5, 9]);
+    assert!(mass_max > 0.99, "{mass_max}");
+    let (s, mass_sum) = select_blocks(&sum_cols, 1, 2, &tokens, &cfg).unwrap();
+    assert_eq!(ids(s), vec![0, 3, 5, 9]);
+    assert!(mass_sum >= 0.9, "{mass_sum}");
+    // Mismatched score columns are refused (dense), never indexed out of bounds.
+    assert!(select_blocks(&sum_cols, 1, 3, &tokens, &cfg).is_none());
+}
+
+#[test]
+fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
+    let cfg = SparseConfig {
+        mass: 0.95,
+        budget_tokens: 256,
+        recent_tokens: 64,
+        group: GroupScore::Sum,
+    };
+    // A RAM tier of ~28 frames (8 KiB slots) for 76 blocks: prefetch matters.
+    let ram = 256 * 1024;
+    let (base, _) = run_with(
+        Some(cfg),
+        ram,
+        BackendKind::Pread,
+        PrefetchMode::Off,
+        None,
+        6,
+    );
+    for mode in PrefetchMode::ALL {
+        for noise in [None, Some(0.0), Some(1.0)] {
+            let (got, st) = run_with(Some(cfg), ram, BackendKind::Uring, mode, noise, 6);
+            assert!(
+                got.iter()
+                    .zip(&base)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{mode:?} {noise:?}: outputs differ"
+            );
+            let t = st.layers.iter().fold(LayerStats::default(), |mut a, l| {
+                a.add(l);
+                a
+            });
+            assert!(t.predicted_used <= t.predicted && t.spec_used <= t.spec_predicted);
+            assert!(t.prefetch_hits + t.late <= t.prefetch_reads, "{t:?}");
+            if mode.speculates() && noise == Some(0.0) {
+                // An exact estimate names exactly the blocks the pass reads (the sealed ones).
+                assert!(t.speculations > 0, "{t:?}");
+                assert_eq!(t.spec_used, t.spec_predicted, "{t:?}");
+                assert!(t.spec_used * 10 >= t.blocks_read * 9, "{t:?}");
+            }
+            if !mode.speculates() || noise.is_none() {
+                assert_eq!(t.spec_predicted, 0);
+            }
+            if mode == PrefetchMode::Off {
+                assert_eq!(t.prefetch_reads, 0);
+            }
+            if matches!(mode, PrefetchMode::Reuse | PrefetchMode::Auto) {
+                // From the second step on, the previous selection predicts most of the next.
+                assert!(t.predicted_used * 2 >= t.predicted, "{mode:?} {t:?}");
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use kvspool::kv::disk::{
     open_backend, BackendKind, DiskTier, Fault, FaultControl, FaultyBackend, Trigger,
 };
 use kvspool::kv::format::{decode_head, encode_token, BlockGeometry, KvDtype};
+use kvspool::kv::prefetch::PrefetchMode;
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, PolicyKind, TieredConfig, TieredKv};
 use std::sync::{Arc, Mutex};
 
@@ -230,7 +231,11 @@ fn results_are_bit_identical_for_every_budget_backend_prefetch_and_policy() {
                         let mut c = base.clone();
                         c.ram_bytes = ram;
                         c.backend = backend;
-                        c.prefetch = prefetch;
+                        c.prefetch = if prefetch {
+                            PrefetchMode::Sequential
+                        } else {
+                            PrefetchMode::Off
+                        };
                         c.policy = policy;
                         let (got, kv) =
                             workload(TieredKv::new(geo.clone(), c).unwrap(), &geo, &dat, n);

@@ -96,9 +96,40 @@ fn unknown_fields_are_ignored_and_numeric_ones_summed() {
     assert_eq!(c.extra.get("est_mass"), Some(&0.75));
     assert!(!c.extra.contains_key("selected_blocks") && !c.extra.contains_key("note"));
     assert!((c.precision.unwrap() - 0.8).abs() < 1e-12);
+    let q = c.prediction.as_ref().unwrap();
+    assert_eq!(q.predicted, 10);
+    assert!((q.order_precision.unwrap() - 0.8).abs() < 1e-12);
+    assert!((q.order_recall.unwrap() - 1.0).abs() < 1e-12);
+    assert_eq!(q.spec_precision, None);
     let text = render_text(&p);
     assert!(
-        text.contains("precision") && text.contains("80.00%"),
+        text.contains("prediction (") && text.contains("80.0%"),
+        "{text}"
+    );
+    // The prediction counters go to their own table, not the extra columns.
+    assert!(!text.contains("predicted_used"), "{text}");
+}
+
+#[test]
+fn prediction_table_scores_both_predictors_and_prefetch_use() {
+    // 10 blocks read: 2 hits, 5 prefetch hits, 1 late, 2 demand misses; the order predictor
+    // named 6 (4 used), speculation named 8 (7 used); 8 prefetch reads, lead 10 ms in total.
+    let extra = ",\"predicted\":6,\"predicted_used\":4,\"spec_predicted\":8,\"spec_used\":7,\"speculations\":1,\"prefetch_reads\":8,\"prefetch_unused\":2,\"prefetch_lead_s\":0.01,\"sparse_candidates\":40,\"sparse_selected\":10";
+    let t = line(1, 1, 1, [2, 5, 1, 2], 0, extra);
+    let p = aggregate(parse_trace(t.as_bytes(), Path::new("t")).unwrap());
+    let q = p.total.c.prediction.clone().unwrap();
+    let close = |x: Option<f64>, y: f64| (x.unwrap() - y).abs() < 1e-9;
+    assert!(close(q.order_precision, 4.0 / 6.0));
+    assert!(close(q.order_recall, 0.4));
+    assert!(close(q.spec_precision, 7.0 / 8.0));
+    assert!(close(q.spec_recall, 0.7));
+    assert!(close(q.prefetch_used, 6.0 / 8.0));
+    assert!(close(q.coverage, 0.8));
+    assert!(close(q.mean_lead_ms, 2.0));
+    assert!(close(q.sparse_read_fraction, 0.25));
+    let text = render_text(&p);
+    assert!(
+        text.contains("87.5%") && text.contains("75.0%") && text.contains("2.00"),
         "{text}"
     );
 }

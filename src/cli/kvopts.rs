@@ -49,9 +49,15 @@ pub struct CommonKv {
     /// Sparse attention: always read the blocks of the most recent this-many positions.
     #[arg(long, default_value_t = 256)]
     pub sparse_recent: usize,
-    /// The prefetcher.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    /// Predictors of the blocks attention reads next: off, sequential (dense pass order), reuse
+    /// (+ each sparse layer's previous selection), speculative (+ the model's estimate of the next
+    /// full layer's query; sparse), auto (reuse + speculative); `on` = auto.
+    #[arg(long, default_value = "auto", value_parser = ["off", "sequential", "reuse", "speculative", "auto", "on"])]
     pub prefetch: String,
+    /// Sparse attention: how the query heads sharing a KV head score a block: max (the largest
+    /// bound) or sum (each head's own mass estimate, averaged).
+    #[arg(long, default_value = "max", value_parser = ["max", "sum"])]
+    pub sparse_group: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
     pub kv_policy: String,
@@ -227,7 +233,8 @@ impl CommonKv {
             "mmap" => BackendKind::Mmap,
             _ => BackendKind::Uring,
         };
-        cfg.prefetch = self.prefetch == "on";
+        cfg.prefetch =
+            kvspool::kv::prefetch::PrefetchMode::parse(&self.prefetch).unwrap_or_default();
         cfg.policy = if self.kv_policy == "lru" {
             PolicyKind::Lru
         } else {
@@ -241,6 +248,11 @@ impl CommonKv {
                 mass: self.sparse_mass,
                 budget_tokens: self.sparse_budget,
                 recent_tokens: self.sparse_recent,
+                group: if self.sparse_group == "sum" {
+                    kvspool::kv::tiered::GroupScore::Sum
+                } else {
+                    kvspool::kv::tiered::GroupScore::Max
+                },
             });
         }
         let kv = TieredKv::new(geo, cfg)?;
@@ -275,6 +287,36 @@ pub fn kv_json(s: &KvStats) -> Value {
         "backend": s.backend,
         "prefetch": s.prefetch,
         "sparse": sparse_json(s),
+        "prediction": prediction_json(s),
+    })
+}
+
+fn ratio(a: u64, b: u64) -> Value {
+    if b == 0 {
+        Value::Null
+    } else {
+        json!(a as f64 / b as f64)
+    }
+}
+
+/// How the predictors did: precision and recall of the pass-order predictor and of speculation,
+/// the share of prefetched blocks the passes then used, coverage (blocks resident or requested
+/// before the pass reached them) and the mean lead time of prefetch hits.
+fn prediction_json(s: &KvStats) -> Value {
+    let mut t = kvspool::kv::LayerStats::default();
+    for l in &s.layers {
+        t.add(l);
+    }
+    json!({
+        "order_precision": ratio(t.predicted_used, t.predicted),
+        "order_recall": ratio(t.predicted_used, t.blocks_read),
+        "spec_precision": ratio(t.spec_used, t.spec_predicted),
+        "spec_recall": ratio(t.spec_used, t.blocks_read),
+        "speculations": t.speculations,
+        "prefetch_reads": t.prefetch_reads,
+        "prefetch_used_fraction": ratio(t.prefetch_hits + t.late, t.prefetch_reads),
+        "coverage": t.coverage(),
+        "mean_lead_ms": if t.prefetch_hits > 0 { json!(t.prefetch_lead_ns as f64 / 1e6 / t.prefetch_hits as f64) } else { Value::Null },
     })
 }
 
@@ -311,7 +353,7 @@ pub fn kv_table(s: &KvStats) -> String {
         format_size(s.bounds_bytes),
         s.policy,
         s.backend,
-        if s.prefetch { "on" } else { "off" },
+        s.prefetch,
     ));
     o.push_str(&format!(
         "{:>5} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>11} {:>9}\n",

@@ -119,6 +119,17 @@ pub trait KvCache: Send {
         query: &AttnQuery<'_>,
         out: &mut [f32],
     ) -> Result<(), KvError>;
+    /// Whether [`Self::speculate`] on `layer` would be used (lets a model skip estimating a
+    /// query nobody reads). Default: no.
+    fn wants_speculation(&self, _layer: usize) -> bool {
+        false
+    }
+    /// An *estimate* of the query `layer` will attend with next (one token, made from an earlier
+    /// hidden state): the cache may start reading the blocks that query would select. Never
+    /// changes a result; errors only report a broken cache. Default: ignored.
+    fn speculate(&mut self, _layer: usize, _query: &AttnQuery<'_>) -> Result<(), KvError> {
+        Ok(())
+    }
     /// Drop every position `>= n` of every layer (used to rewind or reset a sequence).
     fn truncate(&mut self, n: usize);
     /// Counters and sizes, if the implementation keeps them.

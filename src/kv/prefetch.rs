@@ -7,12 +7,84 @@
 //! The cache then reads the returned blocks that are not resident, in the order given, up to its
 //! prefetch depth (bounded by the RAM budget), and counts prefetch hits and late blocks.
 //!
+//! Which predictors run is [`PrefetchMode`] (`--prefetch`):
+//!
+//! - `sequential` ([`Sequential`]): dense passes in their known order;
+//! - `reuse` ([`Reuse`]): after a pass, the blocks the next full layer read at its previous
+//!   pass (for sparse passes, its previous selection; for dense ones that is every block, in
+//!   order, so it degenerates to `sequential`);
+//! - `speculative`: the model estimates the query of the next full-attention layer from the
+//!   current hidden state and calls [`super::KvCache::speculate`]; the cache scores that layer's
+//!   blocks with the estimate and reads the selection while the layers in between compute
+//!   (sparse passes only: a dense pass reads everything, which `sequential` already predicts);
+//! - `auto` (the default): `reuse` plus `speculative`.
+//!
 //! Invariants: a prefetcher only *suggests*; returning a block that is not read, already
 //! resident, or not sealed costs at most a read and never changes a result. Blocks are named by
 //! [`BlockId`] (layer, index); indices at or beyond `view.sealed[layer]` are ignored.
 
 use super::policy::BlockId;
 use std::ops::Range;
+
+/// `--prefetch`: which predictors run (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefetchMode {
+    /// No prefetch: every non-resident block is a demand miss.
+    Off,
+    /// Dense pass order.
+    Sequential,
+    /// The previous pass's blocks of the next full layer.
+    Reuse,
+    /// Dense pass order, plus the model's estimate of the next full layer's query (sparse).
+    Speculative,
+    /// `reuse` + `speculative`.
+    #[default]
+    Auto,
+}
+
+impl PrefetchMode {
+    /// Every mode, in `--prefetch` order.
+    pub const ALL: [PrefetchMode; 5] = [
+        PrefetchMode::Off,
+        PrefetchMode::Sequential,
+        PrefetchMode::Reuse,
+        PrefetchMode::Speculative,
+        PrefetchMode::Auto,
+    ];
+
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrefetchMode::Off => "off",
+            PrefetchMode::Sequential => "sequential",
+            PrefetchMode::Reuse => "reuse",
+            PrefetchMode::Speculative => "speculative",
+            PrefetchMode::Auto => "auto",
+        }
+    }
+
+    /// Parse a flag value (`on` is accepted as `auto`, for CLI.md's `on|off`).
+    pub fn parse(s: &str) -> Option<PrefetchMode> {
+        if s == "on" {
+            return Some(PrefetchMode::Auto);
+        }
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// Whether the cache accepts the model's speculative queries.
+    pub fn speculates(self) -> bool {
+        matches!(self, PrefetchMode::Speculative | PrefetchMode::Auto)
+    }
+
+    /// The pass-order prefetcher of this mode (`None` = off).
+    pub fn build(self) -> Option<Box<dyn Prefetcher>> {
+        match self {
+            PrefetchMode::Off => None,
+            PrefetchMode::Sequential | PrefetchMode::Speculative => Some(Box::new(Sequential)),
+            PrefetchMode::Reuse | PrefetchMode::Auto => Some(Box::new(Reuse::default())),
+        }
+    }
+}
 
 /// What a prefetcher may look at: the shape of the store right now.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +120,8 @@ pub trait Prefetcher: Send + std::fmt::Debug {
     ) -> Vec<BlockId>;
     /// The pass over `layer` has ended: which blocks the next passes read first.
     fn after_pass(&mut self, layer: usize, view: &StoreView<'_>) -> Vec<BlockId>;
+    /// The pass over `layer` read the sealed blocks `read` (in read order). Default: ignored.
+    fn observe(&mut self, _layer: usize, _read: &[usize]) {}
 }
 
 /// The dense baseline: a dense pass reads every block of a layer in index order, layer after
@@ -83,6 +157,53 @@ impl Prefetcher for Sequential {
     }
 }
 
+/// Reuse: after a pass, the blocks the next full-attention layer read at its previous pass, in
+/// that order (a sparse layer's selection changes slowly from one token to the next); dense
+/// passes and layers not seen yet fall back to [`Sequential`].
+#[derive(Debug, Default, Clone)]
+pub struct Reuse {
+    /// Per layer: the sealed blocks its last pass read, in read order.
+    last: Vec<Vec<u32>>,
+}
+
+impl Prefetcher for Reuse {
+    fn name(&self) -> &'static str {
+        "reuse"
+    }
+
+    fn next_in_pass(
+        &mut self,
+        layer: usize,
+        current: Range<usize>,
+        view: &StoreView<'_>,
+    ) -> Vec<BlockId> {
+        Sequential.next_in_pass(layer, current, view)
+    }
+
+    fn after_pass(&mut self, layer: usize, view: &StoreView<'_>) -> Vec<BlockId> {
+        let Some(nl) = view.next_full_layer(layer) else {
+            return Vec::new();
+        };
+        match self.last.get(nl) {
+            Some(prev) if !prev.is_empty() => prev
+                .iter()
+                .filter(|&&i| (i as usize) < view.sealed[nl])
+                .map(|&i| BlockId::new(nl as u32, i))
+                .collect(),
+            _ => Sequential.after_pass(layer, view),
+        }
+    }
+
+    fn observe(&mut self, layer: usize, read: &[usize]) {
+        if self.last.len() <= layer {
+            self.last.resize_with(layer + 1, Vec::new);
+        }
+        let v = &mut self.last[layer];
+        v.clear();
+        v.extend(read.iter().map(|&i| i as u32));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +230,36 @@ mod tests {
             [(2, 0), (2, 1), (2, 2), (2, 3)]
         );
         assert_eq!(ids(p.after_pass(2, &view))[0], (0, 0));
+    }
+
+    #[test]
+    fn reuse_predicts_the_previous_selection_of_the_next_full_layer() {
+        let sealed = [10, 0, 7];
+        let windows = [None, Some(128), None];
+        let view = StoreView {
+            sealed: &sealed,
+            windows: &windows,
+            chunk: 4,
+        };
+        let mut p = Reuse::default();
+        let ids = |v: Vec<BlockId>| v.iter().map(|b| (b.layer, b.index)).collect::<Vec<_>>();
+        // Nothing seen yet: the sequential guess.
+        assert_eq!(
+            ids(p.after_pass(0, &view)),
+            [(2, 0), (2, 1), (2, 2), (2, 3)]
+        );
+        // Layer 2 read 0, 5, 6 and 9 (9 is not sealed any more, e.g. after a truncate).
+        p.observe(2, &[0, 5, 6, 9]);
+        assert_eq!(ids(p.after_pass(0, &view)), [(2, 0), (2, 5), (2, 6)]);
+        // In-pass guesses stay sequential.
+        assert_eq!(
+            ids(p.next_in_pass(2, 0..4, &view)),
+            [(2, 4), (2, 5), (2, 6)]
+        );
+        assert_eq!(PrefetchMode::parse("on"), Some(PrefetchMode::Auto));
+        assert_eq!(PrefetchMode::parse("bogus"), None);
+        for m in PrefetchMode::ALL {
+            assert_eq!(PrefetchMode::parse(m.name()), Some(m));
+        }
     }
 }

@@ -43,12 +43,12 @@ use super::io::{self, IoDone, IoReq, Target};
 use super::policy::{
     ArenaError, BlockId, EvictionPolicy, FrameArena, FrameId, FrameState, Lru, NextUse,
 };
-use super::prefetch::{Prefetcher, Sequential, StoreView};
+use super::prefetch::{PrefetchMode, Prefetcher, StoreView};
 use super::{AttnQuery, KvCache, KvError, KvGeometry};
 use crate::kernels::attention::AttnState;
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,8 +87,8 @@ pub struct TieredConfig {
     pub dir: PathBuf,
     /// Disk backend.
     pub backend: BackendKind,
-    /// Whether the prefetcher runs.
-    pub prefetch: bool,
+    /// Which predictors run (`--prefetch`).
+    pub prefetch: PrefetchMode,
     /// Eviction policy.
     pub policy: PolicyKind,
     /// Tell the policy the pass order (Belady hints); ignored by LRU.
@@ -114,6 +114,30 @@ pub struct SparseConfig {
     pub budget_tokens: usize,
     /// Always read the blocks holding the most recent this-many positions.
     pub recent_tokens: usize,
+    /// How a KV head's block scores combine the query heads of its group.
+    pub group: GroupScore,
+}
+
+/// `--sparse-group`: how the query heads that share a KV head score a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupScore {
+    /// The block's bound is the largest bound over the group's query heads (one mass estimate
+    /// per KV head from that bound).
+    #[default]
+    Max,
+    /// Each query head estimates its own mass distribution from its own bounds; the KV head's
+    /// mass of a block is their mean (the sum, normalized).
+    Sum,
+}
+
+impl GroupScore {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupScore::Max => "max",
+            GroupScore::Sum => "sum",
+        }
+    }
 }
 
 impl Default for SparseConfig {
@@ -122,15 +146,18 @@ impl Default for SparseConfig {
             mass: 0.95,
             budget_tokens: 4096,
             recent_tokens: 256,
+            group: GroupScore::Max,
         }
     }
 }
 
-/// Quest-style block selection for one query token, per KV head. `scores[b * n_kv + h]` is the
-/// upper bound of the scaled attention logit of block `b` for KV head `h` (the max over the query
-/// heads of the group of `scale · Σ_j max(q_j·min_j, q_j·max_j)`), `tokens[b]` the positions
-/// block `b` holds. Head `h`'s estimated mass of block `b` is `tokens[b]·exp(score − max)`
-/// normalized over blocks. Every head reads block 0 (attention sinks) and the blocks holding the
+/// Quest-style block selection for one query token, per KV head. Scores come in `per_head`
+/// columns per KV head: `scores[(b * n_kv + h) * per_head + s]` is the upper bound of a scaled
+/// attention logit of block `b` (`scale · Σ_j max(q_j·min_j, q_j·max_j)`) for KV head `h` —
+/// either the max over the group's query heads (`per_head = 1`, [`GroupScore::Max`]) or query
+/// head `s` of the group ([`GroupScore::Sum`]). `tokens[b]` is the positions block `b` holds.
+/// Column `s`'s estimated mass of block `b` is `tokens[b]·exp(score − max)` normalized over
+/// blocks; head `h`'s is the mean over its columns. Every head reads block 0 (attention sinks) and the blocks holding the
 /// last `recent_tokens` positions (the last block is the one being filled), then its blocks in
 /// decreasing mass (lower index on ties) until its mass reaches `cfg.mass` or its tokens reach
 /// `cfg.budget_tokens`. Returns the union in increasing block order, each block with the mask of
@@ -140,28 +167,42 @@ impl Default for SparseConfig {
 pub fn select_blocks(
     scores: &[f32],
     n_kv: usize,
+    per_head: usize,
     tokens: &[usize],
     cfg: &SparseConfig,
 ) -> Option<(Vec<(usize, u32)>, f32)> {
     let nb = tokens.len();
     let total: usize = tokens.iter().sum();
-    if nb == 0 || n_kv == 0 || n_kv > 32 || total <= cfg.budget_tokens {
+    let cols = n_kv * per_head;
+    if nb == 0
+        || n_kv == 0
+        || n_kv > 32
+        || per_head == 0
+        || scores.len() != nb * cols
+        || total <= cfg.budget_tokens
+    {
         return None;
     }
     let mut masks = vec![0u32; nb];
     let mut mass_sum = 0.0f32;
     for h in 0..n_kv {
-        let mx = (0..nb)
-            .map(|b| scores[b * n_kv + h])
-            .fold(f32::NEG_INFINITY, f32::max);
-        if !mx.is_finite() {
-            return None;
+        let mut mass = vec![0.0f32; nb];
+        for s in 0..per_head {
+            let c = h * per_head + s;
+            let mx = (0..nb)
+                .map(|b| scores[b * cols + c])
+                .fold(f32::NEG_INFINITY, f32::max);
+            if !mx.is_finite() {
+                return None;
+            }
+            let w: Vec<f32> = (0..nb)
+                .map(|b| tokens[b] as f32 * (scores[b * cols + c] - mx).exp())
+                .collect();
+            let sum: f32 = w.iter().sum();
+            for (m, x) in mass.iter_mut().zip(&w) {
+                *m += x / sum / per_head as f32;
+            }
         }
-        let w: Vec<f32> = (0..nb)
-            .map(|b| tokens[b] as f32 * (scores[b * n_kv + h] - mx).exp())
-            .collect();
-        let sum: f32 = w.iter().sum();
-        let mass: Vec<f32> = w.iter().map(|x| x / sum).collect();
         // (mass so far, tokens so far)
         let mut got = (0.0f32, 0usize);
         let bit = 1u32 << h;
@@ -210,7 +251,7 @@ impl TieredConfig {
             ram_bytes,
             dir: dir.into(),
             backend: BackendKind::Uring,
-            prefetch: true,
+            prefetch: PrefetchMode::Auto,
             policy: PolicyKind::NextUse,
             hints: true,
             fingerprint: 0,
@@ -251,6 +292,24 @@ pub struct LayerStats {
     pub sparse_mass_ppm: u64,
     /// Sparse attention: passes that selected.
     pub sparse_passes: u64,
+    /// Distinct blocks the pass-order predictor (sequential or reuse) named for this layer's
+    /// passes before or while they ran (summed over passes).
+    pub predicted: u64,
+    /// ... of which the pass then read (precision = this / `predicted`; recall = this /
+    /// `blocks_read`).
+    pub predicted_used: u64,
+    /// Distinct blocks speculation named for this layer's passes.
+    pub spec_predicted: u64,
+    /// ... of which the pass then read.
+    pub spec_used: u64,
+    /// Speculative queries the model sent for this layer.
+    pub speculations: u64,
+    /// Blocks read from disk by a prefetch (used or not).
+    pub prefetch_reads: u64,
+    /// Prefetched blocks the pass found still unused at its end and released.
+    pub prefetch_unused: u64,
+    /// Sum over prefetch hits of how long the block had been resident when used (ns).
+    pub prefetch_lead_ns: u64,
 }
 
 impl LayerStats {
@@ -269,6 +328,14 @@ impl LayerStats {
         self.sparse_dense_fallbacks += o.sparse_dense_fallbacks;
         self.sparse_mass_ppm += o.sparse_mass_ppm;
         self.sparse_passes += o.sparse_passes;
+        self.predicted += o.predicted;
+        self.predicted_used += o.predicted_used;
+        self.spec_predicted += o.spec_predicted;
+        self.spec_used += o.spec_used;
+        self.speculations += o.speculations;
+        self.prefetch_reads += o.prefetch_reads;
+        self.prefetch_unused += o.prefetch_unused;
+        self.prefetch_lead_ns += o.prefetch_lead_ns;
     }
 
     fn sub(&self, o: &LayerStats) -> LayerStats {
@@ -286,6 +353,14 @@ impl LayerStats {
             sparse_dense_fallbacks: self.sparse_dense_fallbacks - o.sparse_dense_fallbacks,
             sparse_mass_ppm: self.sparse_mass_ppm - o.sparse_mass_ppm,
             sparse_passes: self.sparse_passes - o.sparse_passes,
+            predicted: self.predicted - o.predicted,
+            predicted_used: self.predicted_used - o.predicted_used,
+            spec_predicted: self.spec_predicted - o.spec_predicted,
+            spec_used: self.spec_used - o.spec_used,
+            speculations: self.speculations - o.speculations,
+            prefetch_reads: self.prefetch_reads - o.prefetch_reads,
+            prefetch_unused: self.prefetch_unused - o.prefetch_unused,
+            prefetch_lead_ns: self.prefetch_lead_ns - o.prefetch_lead_ns,
         }
     }
 
@@ -296,6 +371,17 @@ impl LayerStats {
             1.0
         } else {
             (self.hits + self.prefetch_hits) as f64 / all as f64
+        }
+    }
+
+    /// Blocks resident or requested by a prefetch before the pass reached them (late ones
+    /// included), over the blocks read; 1 with no reads.
+    pub fn coverage(&self) -> f64 {
+        let all = self.hits + self.prefetch_hits + self.late + self.misses;
+        if all == 0 {
+            1.0
+        } else {
+            (all - self.misses) as f64 / all as f64
         }
     }
 }
@@ -348,8 +434,8 @@ pub struct KvStats {
     pub policy: String,
     /// Disk backend (and whether it bypasses the page cache).
     pub backend: String,
-    /// Whether the prefetcher ran.
-    pub prefetch: bool,
+    /// The predictors (`--prefetch`).
+    pub prefetch: String,
     /// Per-layer counters.
     pub layers: Vec<LayerStats>,
 }
@@ -383,6 +469,11 @@ struct FrameInfo {
     prefetch_pin: bool,
     /// The read into this frame failed.
     error: Option<String>,
+    /// When a prefetch read into this frame completed.
+    arrived: Option<Instant>,
+    /// A pass needed the block while its prefetch was in flight (counted late, not a
+    /// prefetch hit when the read completes).
+    claimed: bool,
 }
 
 /// A block held by the running pass.
@@ -424,6 +515,9 @@ pub struct TieredKv {
     write_behind_max: usize,
     prefetch_pinned: usize,
     prefetcher: Option<Box<dyn Prefetcher>>,
+    /// Per layer: blocks predicted for its coming pass, by the pass-order predictor and by
+    /// speculation (scored when the pass ends).
+    pred: Vec<[HashSet<u32>; 2]>,
     staging: Vec<Option<Arc<AlignedBuf>>>,
     /// Per-block partial attention states of a decode chunk, reused across calls.
     parts: Vec<AttnState>,
@@ -433,9 +527,14 @@ pub struct TieredKv {
     index_bytes: usize,
     evictions_base: u64,
     stats: Vec<LayerStats>,
+    /// Per layer: the counters at its last trace line.
+    trace_base: Vec<LayerStats>,
     poisoned: Option<String>,
     step: u64,
     pass_len: u64,
+    /// This step's passes are sparse (single-token decode with `--attention sparse`): the
+    /// dense pass-order hints do not apply; the policy's reuse history does.
+    sparse_step: bool,
     trace: Option<std::io::BufWriter<std::fs::File>>,
     started: Instant,
 }
@@ -620,8 +719,10 @@ impl TieredKv {
             None => None,
         };
         let frames = arena.frame_count();
+        let n_layer = geo.n_layer;
         let mut kv = TieredKv {
             stats: vec![LayerStats::default(); geo.n_layer],
+            trace_base: vec![LayerStats::default(); geo.n_layer],
             geo,
             bgeo,
             layout,
@@ -641,9 +742,8 @@ impl TieredKv {
             reads_in_flight: 0,
             write_behind_max: 0,
             prefetch_pinned: 0,
-            prefetcher: cfg
-                .prefetch
-                .then(|| Box::new(Sequential) as Box<dyn Prefetcher>),
+            prefetcher: cfg.prefetch.build(),
+            pred: vec![Default::default(); n_layer],
             staging: Vec::new(),
             parts: Vec::new(),
             staging_res: Vec::new(),
@@ -654,6 +754,7 @@ impl TieredKv {
             poisoned: None,
             step: 0,
             pass_len: 0,
+            sparse_step: false,
             trace,
             started: Instant::now(),
             cfg,
@@ -768,7 +869,11 @@ impl TieredKv {
                         let fi = &mut self.finfo[f];
                         fi.loading = false;
                         match res {
-                            Ok(()) => fi.prefetched = !demand,
+                            Ok(()) => {
+                                let p = !demand && !fi.claimed;
+                                fi.prefetched = p;
+                                fi.arrived = p.then(Instant::now);
+                            }
                             Err(e) => fi.error = Some(e.to_string()),
                         }
                     }
@@ -927,6 +1032,18 @@ impl TieredKv {
         self.spare.truncate(4);
     }
 
+    /// Prefetch depth for predictions of a whole sparse pass (reuse, speculation): a quarter
+    /// of the frames, so a layer's selection can be in flight while the other frames hold the
+    /// blocks worth keeping.
+    fn sparse_depth(&self) -> usize {
+        let frames = self.arena.frame_count();
+        if self.prefetcher.is_none() && !self.cfg.prefetch.speculates() || frames < 16 {
+            0
+        } else {
+            frames / 4
+        }
+    }
+
     /// Frames a pass holds at once, and the prefetch depth, for `n_tokens` queries.
     fn chunk_plan(&self, n_tokens: usize, n_head: usize) -> (usize, usize) {
         let frames = self.arena.frame_count();
@@ -950,7 +1067,26 @@ impl TieredKv {
     }
 
     /// Start reads of the store blocks `ids` that are not resident, up to the prefetch depth.
-    fn prefetch(&mut self, ids: &[BlockId], depth: usize) -> Result<(), KvError> {
+    /// `src`: the prediction set these ids are scored in (0 = pass order, 1 = speculation;
+    /// `None` = not a prediction, e.g. the rest of a known selection).
+    fn prefetch(
+        &mut self,
+        ids: &[BlockId],
+        depth: usize,
+        src: Option<usize>,
+    ) -> Result<(), KvError> {
+        if let Some(k) = src {
+            for id in ids {
+                let l = id.layer as usize;
+                if self
+                    .layers
+                    .get(l)
+                    .is_some_and(|x| (id.index as usize) < x.sealed.len())
+                {
+                    self.pred[l][k].insert(id.index);
+                }
+            }
+        }
         for &id in ids {
             if self.prefetch_pinned >= depth {
                 break;
@@ -978,6 +1114,7 @@ impl TieredKv {
             };
             self.arena.pin(f).map_err(arena_err)?;
             self.prefetch_pinned += 1;
+            self.stats[id.layer as usize].prefetch_reads += 1;
             self.read_into_frame(f, id, slot, false)?;
         }
         Ok(())
@@ -1020,6 +1157,7 @@ impl TieredKv {
         &mut self,
         ids: &[BlockId],
         next: &[BlockId],
+        next_src: Option<usize>,
         pf_depth: usize,
         held: &mut Vec<Held>,
     ) -> Result<(), KvError> {
@@ -1040,10 +1178,14 @@ impl TieredKv {
                 let fi = &mut self.finfo[f];
                 let st = &mut self.stats[layer];
                 if fi.loading {
+                    fi.claimed = true;
                     st.late += 1;
                 } else if fi.prefetched {
                     fi.prefetched = false;
                     st.prefetch_hits += 1;
+                    if let Some(t) = fi.arrived.take() {
+                        st.prefetch_lead_ns += t.elapsed().as_nanos() as u64;
+                    }
                 } else {
                     st.hits += 1;
                 }
@@ -1054,7 +1196,7 @@ impl TieredKv {
             match self.insert_frame(id, FrameState::Clean)? {
                 Some(f) => {
                     self.arena.pin(f).map_err(arena_err)?;
-                    if self.cfg.hints {
+                    if self.cfg.hints && !self.sparse_step {
                         self.arena.hint_next_use(id, self.pass_len.max(1));
                     }
                     self.read_into_frame(f, id, slot, true)?;
@@ -1078,7 +1220,7 @@ impl TieredKv {
             }
         }
         if pf_depth > 0 {
-            self.prefetch(next, pf_depth)?;
+            self.prefetch(next, pf_depth, next_src)?;
         }
         let t0 = Instant::now();
         let mut waited = false;
@@ -1133,7 +1275,7 @@ impl TieredKv {
             }
         }
         self.pass_len = acc;
-        if !self.cfg.hints || self.arena.free_count() > 0 {
+        if !self.cfg.hints || self.sparse_step || self.arena.free_count() > 0 {
             return;
         }
         for f in 0..self.arena.frame_count() {
@@ -1164,6 +1306,84 @@ impl TieredKv {
         ids
     }
 
+    /// The upper-bound scores of `layer`'s blocks `0..=(stored-1)/bt` for one query token, in
+    /// the column layout of [`select_blocks`] for `sp.group`, and the selection.
+    fn sparse_select(
+        &self,
+        layer: usize,
+        qy: &AttnQuery<'_>,
+        stored: usize,
+        sp: &SparseConfig,
+    ) -> Option<(Vec<(usize, u32)>, f32)> {
+        let (bt, d, n_kv) = (
+            self.bgeo.block_tokens,
+            self.geo.head_dim,
+            self.geo.n_head_kv,
+        );
+        if stored == 0 || !qy.n_head.is_multiple_of(n_kv) || qy.q.len() < qy.n_head * d {
+            return None;
+        }
+        let group = qy.n_head / n_kv;
+        let per_head = match sp.group {
+            GroupScore::Max => 1,
+            GroupScore::Sum => group,
+        };
+        let nb = (stored - 1) / bt + 1;
+        let cols = n_kv * per_head;
+        let mut scores = vec![f32::NEG_INFINITY; nb * cols];
+        let mut tokens = vec![bt; nb];
+        tokens[nb - 1] = stored - (nb - 1) * bt;
+        for (b, sc) in scores.chunks_exact_mut(cols).enumerate() {
+            let Some(kb) = self.key_bounds(layer, b) else {
+                continue;
+            };
+            for g in 0..n_kv {
+                for hq in 0..group {
+                    let h = g * group + hq;
+                    let ub = kb.upper_bound_dot(g, &qy.q[h * d..(h + 1) * d]) * qy.scale;
+                    let c = &mut sc[g * per_head + hq % per_head];
+                    *c = c.max(ub);
+                }
+            }
+        }
+        select_blocks(&scores, n_kv, per_head, &tokens, sp)
+    }
+
+    /// A store pass over `layer` read the sealed blocks `read`: score the predictions made for
+    /// it, tell the prefetcher, and release the prefetch pins of its blocks it did not read
+    /// (they stay cached, evictable).
+    fn end_store_pass(&mut self, layer: usize, read: &[usize]) -> Result<(), KvError> {
+        let [order, spec] = std::mem::take(&mut self.pred[layer]);
+        let used = |p: &HashSet<u32>| read.iter().filter(|&&i| p.contains(&(i as u32))).count();
+        let st = &mut self.stats[layer];
+        st.predicted += order.len() as u64;
+        st.predicted_used += used(&order) as u64;
+        st.spec_predicted += spec.len() as u64;
+        st.spec_used += used(&spec) as u64;
+        if let Some(p) = self.prefetcher.as_mut() {
+            p.observe(layer, read);
+        }
+        let mut unused = 0u64;
+        for f in 0..self.finfo.len() {
+            if !self.finfo[f].prefetch_pin {
+                continue;
+            }
+            if self
+                .arena
+                .block_of(f)
+                .is_some_and(|b| b.layer as usize == layer)
+            {
+                self.finfo[f].prefetch_pin = false;
+                self.finfo[f].prefetched = false;
+                self.prefetch_pinned -= 1;
+                self.arena.unpin(f).map_err(arena_err)?;
+                unused += 1;
+            }
+        }
+        self.stats[layer].prefetch_unused += unused;
+        Ok(())
+    }
+
     fn write_trace(&mut self, layer: usize, n_tokens: usize, d: &LayerStats, ev: u64, dur: f64) {
         let Some(w) = self.trace.as_mut() else { return };
         let line = serde_json::json!({
@@ -1180,6 +1400,16 @@ impl TieredKv {
             "bytes_read": d.bytes_read,
             "bytes_written": d.bytes_written,
             "stall_s": d.stall_ns as f64 * 1e-9,
+            "predicted": d.predicted,
+            "predicted_used": d.predicted_used,
+            "spec_predicted": d.spec_predicted,
+            "spec_used": d.spec_used,
+            "speculations": d.speculations,
+            "prefetch_reads": d.prefetch_reads,
+            "prefetch_unused": d.prefetch_unused,
+            "prefetch_lead_s": d.prefetch_lead_ns as f64 * 1e-9,
+            "sparse_candidates": d.sparse_candidates,
+            "sparse_selected": d.sparse_selected,
             "evictions": ev,
             "write_behind": self.writes_in_flight,
             "ram_resident_bytes": self.arena.resident_bytes(),
@@ -1320,6 +1550,9 @@ impl TieredKv {
         self.stats
             .iter_mut()
             .for_each(|s| *s = LayerStats::default());
+        self.trace_base
+            .iter_mut()
+            .for_each(|s| *s = LayerStats::default());
         self.write_behind_max = self.writes_in_flight;
         self.evictions_base = self.arena.stats().evictions;
     }
@@ -1353,7 +1586,7 @@ impl TieredKv {
             index_bytes: self.index_bytes as u64,
             policy: self.arena.policy_name().into(),
             backend: self.backend_desc.clone(),
-            prefetch: self.cfg.prefetch,
+            prefetch: self.cfg.prefetch.name().into(),
             layers: self.stats.clone(),
         }
     }
@@ -1633,13 +1866,13 @@ impl KvCache for TieredKv {
         }
         self.poll()?;
         let t_start = Instant::now();
-        let before = self.stats[layer];
         let ev_before = self.arena.stats().evictions;
         if layer == 0 {
             self.step += 1;
         }
         let first_store = self.layers.iter().position(|l| l.window.is_none());
         if first_store == Some(layer) {
+            self.sparse_step = self.cfg.sparse.is_some() && qy.n_tokens == 1;
             self.hint_pass(layer);
         }
         let bt = self.bgeo.block_tokens;
@@ -1675,24 +1908,10 @@ impl KvCache for TieredKv {
             .filter(|sp| !sliding && qy.n_tokens == 1 && stored > sp.budget_tokens);
         if let Some(sp) = sparse {
             let nb = b_hi + 1;
-            let mut scores = vec![f32::NEG_INFINITY; nb * n_kv];
-            let mut tokens = vec![bt; nb];
-            tokens[nb - 1] = stored - (nb - 1) * bt;
-            for (b, sc) in scores.chunks_exact_mut(n_kv).enumerate() {
-                let Some(kb) = self.key_bounds(layer, b) else {
-                    continue;
-                };
-                for (g, s) in sc.iter_mut().enumerate() {
-                    for hq in 0..pass.group {
-                        let h = g * pass.group + hq;
-                        let ub = kb.upper_bound_dot(g, &qy.q[h * d..(h + 1) * d]) * qy.scale;
-                        *s = s.max(ub);
-                    }
-                }
-            }
+            let sel = self.sparse_select(layer, qy, stored, &sp);
             let st = &mut self.stats[layer];
             st.sparse_candidates += nb as u64;
-            match select_blocks(&scores, n_kv, &tokens, &sp) {
+            match sel {
                 Some((sel, mass)) => {
                     st.sparse_selected += sel.len() as u64;
                     st.sparse_mass_ppm += (mass as f64 * 1e6) as u64;
@@ -1736,21 +1955,24 @@ impl KvCache for TieredKv {
                 .filter(|&&i| i < n_sealed)
                 .map(|&i| BlockId::new(layer as u32, i as u32))
                 .collect();
-            let next = if pf_depth == 0 {
-                Vec::new()
+            let (next, next_src) = if pf_depth == 0 {
+                (Vec::new(), None)
             } else if dense {
-                self.predict(|p, v| p.next_in_pass(layer, b..end.min(n_sealed), v), chunk)
+                let ids =
+                    self.predict(|p, v| p.next_in_pass(layer, b..end.min(n_sealed), v), chunk);
+                (ids, Some(0))
             } else {
-                // Sparse: the next piece of the selection.
-                pieces.get(pi + 1).map_or(Vec::new(), |nx| {
+                // Sparse: the next piece of the selection (known, not predicted).
+                let ids = pieces.get(pi + 1).map_or(Vec::new(), |nx| {
                     nx.iter()
                         .filter(|&&i| i < n_sealed)
                         .map(|&i| BlockId::new(layer as u32, i as u32))
                         .collect()
-                })
+                });
+                (ids, None)
             };
             if !ids.is_empty() {
-                self.acquire(&ids, &next, pf_depth, &mut held)?;
+                self.acquire(&ids, &next, next_src, pf_depth, &mut held)?;
             } else {
                 held.clear();
             }
@@ -1786,13 +2008,26 @@ impl KvCache for TieredKv {
             // Future queries start at hi + 1: drop ring blocks they cannot see.
             let w = self.layers[layer].window.unwrap_or(usize::MAX);
             self.trim_ring(layer, (hi + 2).saturating_sub(w));
-        } else if pf_depth > 0 {
-            // While the rest of this layer computes, fetch what the next passes read first.
-            let ids = self.predict(|p, v| p.after_pass(layer, v), chunk);
-            self.prefetch(&ids, pf_depth)?;
+        } else {
+            let read: Vec<usize> = list.iter().copied().filter(|&i| i < n_sealed).collect();
+            self.end_store_pass(layer, &read)?;
+            if pf_depth > 0 {
+                // While the rest of this layer computes, fetch what the next passes read first
+                // (a whole predicted selection when the passes are sparse).
+                let ids = self.predict(|p, v| p.after_pass(layer, v), chunk);
+                let depth = if self.sparse_step {
+                    self.sparse_depth().max(pf_depth)
+                } else {
+                    pf_depth
+                };
+                self.prefetch(&ids, depth, Some(0))?;
+            }
         }
         if self.trace.is_some() {
-            let delta = self.stats[layer].sub(&before);
+            // Everything counted for this layer since its previous trace line (reads that
+            // completed, or prefetches issued, during other layers' calls included).
+            let delta = self.stats[layer].sub(&self.trace_base[layer]);
+            self.trace_base[layer] = self.stats[layer];
             let ev = self.arena.stats().evictions - ev_before;
             self.write_trace(
                 layer,
@@ -1803,6 +2038,40 @@ impl KvCache for TieredKv {
             );
         }
         Ok(())
+    }
+
+    fn wants_speculation(&self, layer: usize) -> bool {
+        self.cfg.prefetch.speculates()
+            && self.cfg.sparse.is_some()
+            && self.poisoned.is_none()
+            && self.sparse_depth() > 0
+            && self.layers.get(layer).is_some_and(|l| {
+                l.window.is_none() && l.len > self.cfg.sparse.map_or(0, |s| s.budget_tokens)
+            })
+    }
+
+    fn speculate(&mut self, layer: usize, qy: &AttnQuery<'_>) -> Result<(), KvError> {
+        self.check()?;
+        if !self.wants_speculation(layer) || qy.n_tokens != 1 {
+            return Ok(());
+        }
+        let Some(sp) = self.cfg.sparse else {
+            return Ok(());
+        };
+        self.poll()?;
+        let stored = self.layers[layer].len;
+        self.stats[layer].speculations += 1;
+        let Some((sel, _)) = self.sparse_select(layer, qy, stored, &sp) else {
+            return Ok(());
+        };
+        let n_sealed = self.layers[layer].sealed.len();
+        let ids: Vec<BlockId> = sel
+            .iter()
+            .filter(|&&(b, _)| b < n_sealed)
+            .map(|&(b, _)| BlockId::new(layer as u32, b as u32))
+            .collect();
+        let depth = self.sparse_depth();
+        self.prefetch(&ids, depth, Some(1))
     }
 
     fn truncate(&mut self, n: usize) {

@@ -440,6 +440,26 @@ impl Model for GptOss {
             }
         };
         for (il, l) in self.layers.iter().enumerate() {
+            if n == 1 && il + 1 < self.layers.len() && kv.wants_speculation(il + 1) {
+                // Speculative prefetch: every full layer has a sliding layer in front of it;
+                // estimate the full layer's query from the sliding layer's input and let its
+                // blocks load while the sliding layer (attention in RAM, MoE) computes.
+                let nl = &self.layers[il + 1];
+                super::rmsnorm_rows(&x, &nl.attn_norm, c.rms_eps, &mut xn);
+                nl.wq.matmul(f, p, &xn, 1, &mut q);
+                add_bias(&mut q, &nl.bq);
+                kernels::rope_inplace(&nl.rope, &mut q, d, pos0);
+                let qy = AttnQuery {
+                    q: &q,
+                    n_tokens: 1,
+                    pos0,
+                    n_head: c.n_head,
+                    scale: c.attention_scale,
+                    sinks: Some(&nl.sinks),
+                    window: nl.window,
+                };
+                kv.speculate(il + 1, &qy)?;
+            }
             super::rmsnorm_rows(&x, &l.attn_norm, c.rms_eps, &mut xn);
             l.wq.matmul(f, p, &xn, n, &mut q);
             l.wk.matmul(f, p, &xn, n, &mut k);

@@ -148,6 +148,25 @@ impl Model for Llama {
         let fuse = n == 1 && self.precision == Precision::Exact;
 
         for (il, l) in self.layers.iter().enumerate() {
+            if n == 1 && il + 1 < self.layers.len() && kv.wants_speculation(il + 1) {
+                // Speculative prefetch: the next layer's query estimated from this layer's
+                // input (the residual stream changes little per layer); its blocks load while
+                // this layer computes.
+                let nl = &self.layers[il + 1];
+                super::rmsnorm_rows(&x, &nl.attn_norm, c.rms_eps, &mut xn);
+                nl.wq.matmul(f, self.precision, &xn, 1, &mut q);
+                kernels::rope_inplace(&self.rope, &mut q, d, pos0);
+                let qy = AttnQuery {
+                    q: &q,
+                    n_tokens: 1,
+                    pos0,
+                    n_head: c.n_head,
+                    scale,
+                    sinks: None,
+                    window: None,
+                };
+                kv.speculate(il + 1, &qy)?;
+            }
             super::rmsnorm_rows(&x, &l.attn_norm, c.rms_eps, &mut xn);
             if fuse {
                 super::matvec_fused(
