@@ -8,7 +8,7 @@ mod common;
 use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
 use kvspool::kv::prefetch::PrefetchMode;
-use kvspool::kv::tiered::{select_blocks, GroupScore, SparseConfig};
+use kvspool::kv::tiered::{select_blocks, BudgetScope, GroupScore, SparseConfig};
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
 
 struct Rng(u64);
@@ -35,6 +35,8 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         budget_tokens: 256,
         recent_tokens: 64,
         group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (sel, mass) = select_blocks(&scores, 1, 1, &tokens, &cfg).unwrap();
@@ -58,6 +60,8 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         budget_tokens: 256,
         recent_tokens: 64,
         group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
     };
     let (sel4, _) = select_blocks(&two, 2, 1, &tokens, &cfg4).unwrap();
     assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
@@ -162,6 +166,8 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         budget_tokens: 1 << 20,
         recent_tokens: 256,
         group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
     assert!(dense
@@ -177,6 +183,8 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         budget_tokens: 256,
         recent_tokens: 64,
         group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
     };
     let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
     let candidates = 2 * 1200usize.div_ceil(32) as u64;
@@ -220,6 +228,8 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         budget_tokens: 384,
         recent_tokens: 64,
         group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (m, mass_max) = select_blocks(&max_cols, 1, 1, &tokens, &cfg).unwrap();
@@ -239,6 +249,8 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         budget_tokens: 256,
         recent_tokens: 64,
         group: GroupScore::Sum,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
     };
     // A RAM tier of ~28 frames (8 KiB slots) for 76 blocks: prefetch matters.
     let ram = 256 * 1024;
@@ -283,4 +295,66 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
             }
         }
     }
+}
+
+#[test]
+fn split_bound_equals_the_reference_bound_on_awkward_lengths() {
+    use kvspool::kv::format::KeyBounds;
+    let mut r = Rng(3);
+    for d in [1usize, 7, 15, 16, 17, 33, 64, 100] {
+        let mut kb = KeyBounds::new(2, d);
+        for _ in 0..5 {
+            for h in 0..2 {
+                let key: Vec<f32> = (0..d).map(|_| r.f() * 3.0).collect();
+                kb.update(h, &key);
+            }
+        }
+        for h in 0..2 {
+            let q: Vec<f32> = (0..d).map(|_| r.f()).collect();
+            let qp: Vec<f32> = q.iter().map(|x| x.max(0.0)).collect();
+            let qn: Vec<f32> = q.iter().map(|x| x.min(0.0)).collect();
+            let want = kb.upper_bound_dot(h, &q);
+            let got = kb.upper_bound_split(h, &qp, &qn);
+            assert!(
+                (want - got).abs() <= 1e-5 * (1.0 + want.abs()),
+                "d {d} head {h}: {want} vs {got}"
+            );
+        }
+    }
+    // Empty bounds score -inf (never selected ahead of a real block), never NaN.
+    let empty = KeyBounds::new(1, 16);
+    let z = vec![0.0f32; 16];
+    assert_eq!(empty.upper_bound_split(0, &z, &z), f32::NEG_INFINITY);
+}
+
+#[test]
+fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
+    // 3 KV heads, 12 blocks of 64: head 0 likes blocks 5 then 6, head 1 likes 3, head 2 is flat.
+    let (n_kv, nb) = (3usize, 12usize);
+    let mut sc = vec![0.0f32; nb * n_kv];
+    sc[5 * n_kv] = 9.0;
+    sc[6 * n_kv] = 7.0;
+    sc[3 * n_kv + 1] = 9.5;
+    let tokens = vec![64usize; nb];
+    let cfg = SparseConfig {
+        mass: 1.0,
+        budget_tokens: 64 * 5,
+        recent_tokens: 64,
+        group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Union,
+    };
+    let (sel, _) = select_blocks(&sc, n_kv, 1, &tokens, &cfg).unwrap();
+    // Forced 0 and 11, then the most needed blocks over all heads: 3 (head 1), 5 (head 0),
+    // then 6 (head 0's next, 7.0, beats the flat head's 0.0): 5 blocks = the budget.
+    assert_eq!(sel, vec![(0, 7), (3, 7), (5, 7), (6, 7), (11, 7)]);
+    let read: usize = sel.iter().map(|&(b, _)| tokens[b]).sum();
+    assert!(read <= cfg.budget_tokens);
+    // The same budget per head reads more blocks than the budget.
+    let per_head = SparseConfig {
+        budget_scope: BudgetScope::Head,
+        ..cfg
+    };
+    let (sel_h, _) = select_blocks(&sc, n_kv, 1, &tokens, &per_head).unwrap();
+    assert!(sel_h.len() > sel.len(), "{sel_h:?}");
 }

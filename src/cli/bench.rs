@@ -8,6 +8,16 @@
 //! key bounds and disk traffic are exactly those of a real run of the same geometry. With
 //! `--model`, the weights' mapping is populated before the timed steps (as the prefill of a real
 //! run would have touched them), so steps measure the steady state.
+//!
+//! Synthetic queries (`--geometry`): every layer has a fixed random query (N(0, 1) per value)
+//! and each step adds fresh N(0, 0.5²) noise to it — decode queries of real models change slowly
+//! from one token to the next, which is what the reuse predictor relies on; with `--prefetch
+//! speculative|auto` and `--attention sparse`, the layer in front of each full layer sends the
+//! cache an estimate of that layer's query with another N(0, 0.5²) of estimation error.
+//! Synthetic keys are `topical` by default: in every full layer and KV head, one block in 64
+//! (chosen by a hash) gets `12 · u` added to its keys, `u` the unit mean direction of the
+//! group's fixed queries (its logits rise by ~4 over the rest: a few places matter, as for
+//! retrieval heads); `--synthetic-keys random` leaves every block alike.
 
 use super::kvopts::{kv_json, kv_table, meminfo_kib, self_status_bytes, CommonKv};
 use anyhow::{bail, Result};
@@ -42,6 +52,11 @@ pub struct DecodeArgs {
     /// Seed of the synthetic K/V and queries.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Synthetic keys (`--geometry`): topical (one block in 64 per full layer and KV head
+    /// leans towards that layer's queries, as retrieval-like heads attend to a few places) or
+    /// random (no block stands out: the worst case for sparse selection and prediction).
+    #[arg(long, default_value = "topical", value_parser = ["topical", "random"])]
+    synthetic_keys: String,
     /// Print the per-layer KV table to stderr.
     #[arg(long)]
     stats: bool,
@@ -164,14 +179,57 @@ fn decode(a: DecodeArgs) -> Result<()> {
     // Fill, layer after layer (the order a dense decode pass reads).
     let mut rng = Rng(a.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let row = geo.row_len();
+    let d = geo.head_dim;
+    let n_kv = geo.n_head_kv;
     let chans: Vec<Channels> = (0..geo.n_layer)
         .map(|_| Channels::new(&mut rng, row))
         .collect();
+    let q_base: Vec<Vec<f32>> = (0..geo.n_layer)
+        .map(|_| (0..n_head * d).map(|_| rng.normal()).collect())
+        .collect();
+    // Topical keys: per layer and KV head, the unit mean direction of the group's queries.
+    let group = n_head / n_kv.max(1);
+    let topic: Vec<Vec<f32>> = q_base
+        .iter()
+        .map(|qb| {
+            let mut u = vec![0.0f32; row];
+            for h in 0..n_kv {
+                let uh = &mut u[h * d..(h + 1) * d];
+                for g in 0..group {
+                    let src = &qb[(h * group + g) * d..(h * group + g + 1) * d];
+                    uh.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+                }
+                let norm = uh.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                uh.iter_mut().for_each(|x| *x *= 12.0 / norm);
+            }
+            u
+        })
+        .collect();
+    let topical = a.synthetic_keys == "topical";
+    let bt = a.kv.block_tokens.max(1);
+    let planted = |layer: usize, h: usize, block: usize| {
+        let mut x = (layer as u64) << 40 ^ (h as u64) << 32 ^ block as u64 ^ a.seed << 48;
+        x = (x ^ (x >> 31)).wrapping_mul(0x7fb5_d329_728e_a185);
+        x = (x ^ (x >> 27)).wrapping_mul(0x81da_def4_bc2d_d44d);
+        (x ^ (x >> 33)).is_multiple_of(64)
+    };
     let (mut k, mut v) = (vec![0.0f32; row], vec![0.0f32; row]);
     let t_fill = Instant::now();
     for (layer, ch) in chans.iter().enumerate() {
-        for _ in 0..a.context {
+        let full = geo.windows[layer].is_none();
+        for p in 0..a.context {
             ch.sample(&mut rng, &mut k, &mut v);
+            if topical && full {
+                for h in 0..n_kv {
+                    if planted(layer, h, p / bt) {
+                        let u = &topic[layer][h * d..(h + 1) * d];
+                        k[h * d..(h + 1) * d]
+                            .iter_mut()
+                            .zip(u)
+                            .for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
             kv.append(layer, &k, &v)?;
         }
     }
@@ -190,9 +248,11 @@ fn decode(a: DecodeArgs) -> Result<()> {
     };
     let cached0 = meminfo_kib("Cached:").unwrap_or(0);
 
-    let d = geo.head_dim;
     let sinks: Vec<f32> = (0..n_head).map(|_| rng.normal()).collect();
-    let mut q = vec![0.0f32; n_head * d];
+    let mut qs: Vec<Vec<f32>> = q_base.clone();
+    let mut q_est = vec![0.0f32; n_head * d];
+    // Speculation's estimation error has its own stream: the data must not depend on it.
+    let mut spec_rng = Rng(a.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
     let mut out = vec![0.0f32; n_head * d];
     let mut logits = Vec::new();
     let mut step_ms = Vec::with_capacity(a.n);
@@ -204,16 +264,37 @@ fn decode(a: DecodeArgs) -> Result<()> {
         let t = Instant::now();
         match &loaded {
             None => {
+                for (q, b) in qs.iter_mut().zip(&q_base) {
+                    for (x, m) in q.iter_mut().zip(b) {
+                        *x = m + 0.5 * rng.normal();
+                    }
+                }
+                let scale = 1.0 / (d as f32).sqrt();
                 for (layer, ch) in chans.iter().enumerate() {
+                    let next = layer + 1;
+                    if next < geo.n_layer && kv.wants_speculation(next) {
+                        for (e, x) in q_est.iter_mut().zip(&qs[next]) {
+                            *e = x + 0.5 * spec_rng.normal();
+                        }
+                        let ey = AttnQuery {
+                            q: &q_est,
+                            n_tokens: 1,
+                            pos0: pos,
+                            n_head,
+                            scale,
+                            sinks: Some(&sinks),
+                            window: geo.windows[next],
+                        };
+                        kv.speculate(next, &ey)?;
+                    }
                     ch.sample(&mut rng, &mut k, &mut v);
                     kv.append(layer, &k, &v)?;
-                    q.iter_mut().for_each(|x| *x = rng.normal());
                     let qy = AttnQuery {
-                        q: &q,
+                        q: &qs[layer],
                         n_tokens: 1,
                         pos0: pos,
                         n_head,
-                        scale: 1.0 / (d as f32).sqrt(),
+                        scale,
                         sinks: Some(&sinks),
                         window: geo.windows[layer],
                     };

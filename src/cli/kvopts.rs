@@ -58,6 +58,13 @@ pub struct CommonKv {
     /// bound) or sum (each head's own mass estimate, averaged).
     #[arg(long, default_value = "max", value_parser = ["max", "sum"])]
     pub sparse_group: String,
+    /// Sparse attention: the first this-many full-attention layers stay dense.
+    #[arg(long, default_value_t = 0)]
+    pub sparse_dense_layers: usize,
+    /// Sparse attention: what --sparse-budget counts: union (the tokens of the blocks read, over
+    /// all KV heads: the read and compute cost) or head (each KV head's own selection).
+    #[arg(long, default_value = "union", value_parser = ["union", "head"])]
+    pub sparse_budget_scope: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
     pub kv_policy: String,
@@ -252,6 +259,12 @@ impl CommonKv {
                     kvspool::kv::tiered::GroupScore::Sum
                 } else {
                     kvspool::kv::tiered::GroupScore::Max
+                },
+                dense_layers: self.sparse_dense_layers,
+                budget_scope: if self.sparse_budget_scope == "head" {
+                    kvspool::kv::tiered::BudgetScope::Head
+                } else {
+                    kvspool::kv::tiered::BudgetScope::Union
                 },
             });
         }

@@ -249,6 +249,11 @@ impl KeyBounds {
         }
     }
 
+    /// Bounds of `min.len() / head_dim` heads from their per-channel minima and maxima.
+    pub fn from_parts(head_dim: usize, min: Vec<f32>, max: Vec<f32>) -> Self {
+        KeyBounds { head_dim, min, max }
+    }
+
     /// Back to empty without reallocating.
     pub fn reset(&mut self) {
         self.min.iter_mut().for_each(|x| *x = f32::INFINITY);
@@ -274,6 +279,36 @@ impl KeyBounds {
     /// Per-channel maximum of `kv_head`.
     pub fn max(&self, kv_head: usize) -> &[f32] {
         &self.max[kv_head * self.head_dim..][..self.head_dim]
+    }
+
+    /// [`Self::upper_bound_dot`] with the query split once into its positive part `qp =
+    /// max(q, 0)` and negative part `qn = min(q, 0)` (both possibly pre-scaled):
+    /// `Σ_j qp_j · max_j + qn_j · min_j`, summed in 16 independent lanes (vectorizes), −∞ for
+    /// empty bounds. Equal to `upper_bound_dot` up to float summation order.
+    pub fn upper_bound_split(&self, kv_head: usize, qp: &[f32], qn: &[f32]) -> f32 {
+        let (lo, hi) = (self.min(kv_head), self.max(kv_head));
+        let d = self.head_dim.min(qp.len()).min(qn.len());
+        let mut acc = [0.0f32; 16];
+        let full = d / 16 * 16;
+        for (((h, l), p), n) in hi[..full]
+            .chunks_exact(16)
+            .zip(lo[..full].chunks_exact(16))
+            .zip(qp[..full].chunks_exact(16))
+            .zip(qn[..full].chunks_exact(16))
+        {
+            for i in 0..16 {
+                acc[i] += p[i] * h[i] + n[i] * l[i];
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for j in full..d {
+            s += qp[j] * hi[j] + qn[j] * lo[j];
+        }
+        if s.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            s
+        }
     }
 
     /// Quest-style upper bound of `q · k` over the keys of `kv_head`:

@@ -116,6 +116,25 @@ pub struct SparseConfig {
     pub recent_tokens: usize,
     /// How a KV head's block scores combine the query heads of its group.
     pub group: GroupScore,
+    /// The first this-many full-attention layers stay dense (their attention is broad; Quest
+    /// keeps the first two layers dense for the same reason).
+    pub dense_layers: usize,
+    /// What `budget_tokens` limits: the blocks read (the union over KV heads) or each head's
+    /// own selection.
+    pub budget_scope: BudgetScope,
+}
+
+/// `--sparse-budget-scope`: what the token budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BudgetScope {
+    /// The tokens of the blocks read, over all KV heads (a block holds every head, so this is
+    /// the read and compute cost). Heads take blocks greedily by estimated mass, the most
+    /// needed first, and every head attends to every block read.
+    #[default]
+    Union,
+    /// Each KV head's own selection; the blocks read are their union (up to `n_kv` times the
+    /// budget), and each block is computed only for the heads that chose it.
+    Head,
 }
 
 /// `--sparse-group`: how the query heads that share a KV head score a block.
@@ -147,6 +166,8 @@ impl Default for SparseConfig {
             budget_tokens: 4096,
             recent_tokens: 256,
             group: GroupScore::Max,
+            dense_layers: 0,
+            budget_scope: BudgetScope::Union,
         }
     }
 }
@@ -183,8 +204,8 @@ pub fn select_blocks(
     {
         return None;
     }
-    let mut masks = vec![0u32; nb];
-    let mut mass_sum = 0.0f32;
+    // Per KV head: the estimated mass of every block.
+    let mut masses: Vec<Vec<f32>> = Vec::with_capacity(n_kv);
     for h in 0..n_kv {
         let mut mass = vec![0.0f32; nb];
         for s in 0..per_head {
@@ -203,35 +224,99 @@ pub fn select_blocks(
                 *m += x / sum / per_head as f32;
             }
         }
-        // (mass so far, tokens so far)
-        let mut got = (0.0f32, 0usize);
-        let bit = 1u32 << h;
-        let mut take = |b: usize, got: &mut (f32, usize)| {
-            if masks[b] & bit == 0 {
-                masks[b] |= bit;
-                got.0 += mass[b];
-                got.1 += tokens[b];
-            }
-        };
-        take(0, &mut got);
-        let mut recent = 0usize;
-        for b in (0..nb).rev() {
-            if recent >= cfg.recent_tokens.max(1) {
-                break;
-            }
-            take(b, &mut got);
-            recent += tokens[b];
-        }
-        let mut order: Vec<usize> = (0..nb).collect();
-        order.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
-        for b in order {
-            if got.0 >= cfg.mass || got.1 >= cfg.budget_tokens {
-                break;
-            }
-            take(b, &mut got);
-        }
-        mass_sum += got.0.min(1.0);
+        masses.push(mass);
     }
+    // Forced for every head: block 0 (attention sinks) and the recent blocks.
+    let mut forced = vec![0usize];
+    let mut recent = 0usize;
+    for b in (0..nb).rev() {
+        if recent >= cfg.recent_tokens.max(1) {
+            break;
+        }
+        forced.push(b);
+        recent += tokens[b];
+    }
+    let all_heads = if n_kv == 32 {
+        u32::MAX
+    } else {
+        (1u32 << n_kv) - 1
+    };
+    let mut masks = vec![0u32; nb];
+    let mut got = vec![0.0f32; n_kv];
+    let mut union_tokens = 0usize;
+    for &b in &forced {
+        if masks[b] == 0 {
+            union_tokens += tokens[b];
+        }
+        if masks[b] != all_heads {
+            for (h, g) in got.iter_mut().enumerate() {
+                if masks[b] & (1 << h) == 0 {
+                    *g += masses[h][b];
+                }
+            }
+            masks[b] = all_heads;
+        }
+    }
+    let orders: Vec<Vec<usize>> = masses
+        .iter()
+        .map(|mass| {
+            let mut order: Vec<usize> = (0..nb).collect();
+            order.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
+            order
+        })
+        .collect();
+    match cfg.budget_scope {
+        BudgetScope::Head => {
+            for h in 0..n_kv {
+                let bit = 1u32 << h;
+                let mut head_tokens = union_tokens;
+                for &b in &orders[h] {
+                    if got[h] >= cfg.mass || head_tokens >= cfg.budget_tokens {
+                        break;
+                    }
+                    if masks[b] & bit == 0 {
+                        masks[b] |= bit;
+                        got[h] += masses[h][b];
+                        head_tokens += tokens[b];
+                    }
+                }
+            }
+        }
+        BudgetScope::Union => {
+            // Greedy over heads: the head whose next block carries the most estimated mass
+            // goes first; a block read by one head is attended by all (its mass counts for
+            // every head). Stops at the budget or when every head reached its mass.
+            let mut ptr = vec![0usize; n_kv];
+            loop {
+                let mut best: Option<(usize, usize)> = None;
+                for h in 0..n_kv {
+                    if got[h] >= cfg.mass {
+                        continue;
+                    }
+                    while ptr[h] < nb && masks[orders[h][ptr[h]]] != 0 {
+                        ptr[h] += 1;
+                    }
+                    if ptr[h] == nb {
+                        continue;
+                    }
+                    let b = orders[h][ptr[h]];
+                    if best.is_none_or(|(bh, bb)| masses[h][b] > masses[bh][bb]) {
+                        best = Some((h, b));
+                    }
+                }
+                let Some((_, b)) = best else { break };
+                if union_tokens + tokens[b] > cfg.budget_tokens {
+                    break;
+                }
+                union_tokens += tokens[b];
+                masks[b] = all_heads;
+                for (h, g) in got.iter_mut().enumerate() {
+                    *g += masses[h][b];
+                }
+            }
+        }
+    }
+    let mass_sum: f32 = got.iter().map(|g| g.min(1.0)).sum();
     let sel: Vec<(usize, u32)> = (0..nb)
         .filter(|&b| masks[b] != 0)
         .map(|b| (b, masks[b]))
@@ -440,11 +525,11 @@ pub struct KvStats {
     pub layers: Vec<LayerStats>,
 }
 
-/// A sealed block of a full-attention layer.
+/// A sealed block of a full-attention layer (its key bounds are rows of the layer's
+/// `bound_rows`).
 #[derive(Debug, Clone)]
 struct Sealed {
     slot: u64,
-    bounds: KeyBounds,
 }
 
 #[derive(Debug)]
@@ -453,6 +538,9 @@ struct LayerKv {
     /// Storage: `None` = full attention (tiered store), `Some(w)` = sliding window (RAM ring).
     window: Option<usize>,
     sealed: Vec<Sealed>,
+    /// Key bounds of the sealed blocks, per KV head: one row of `2 · head_dim` per block,
+    /// `[max | min]` (contiguous, so that scoring every block is one small mat-mul per head).
+    bound_rows: Vec<Vec<f32>>,
     /// Sliding layers: sealed blocks still visible, `(block index, bytes)`, oldest first.
     ring: VecDeque<(usize, Arc<AlignedBuf>)>,
     tail: Arc<AlignedBuf>,
@@ -707,6 +795,7 @@ impl TieredKv {
                 len: 0,
                 window,
                 sealed: Vec::new(),
+                bound_rows: vec![Vec::new(); geo.n_head_kv],
                 ring: VecDeque::new(),
                 tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
                 tail_bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
@@ -774,13 +863,20 @@ impl TieredKv {
     }
 
     /// Key bounds of block `index` of `layer` (sealed, or the tail), if it exists.
-    pub fn key_bounds(&self, layer: usize, index: usize) -> Option<&KeyBounds> {
+    pub fn key_bounds(&self, layer: usize, index: usize) -> Option<KeyBounds> {
         let l = self.layers.get(layer)?;
-        if let Some(s) = l.sealed.get(index) {
-            return Some(&s.bounds);
+        let d = self.geo.head_dim;
+        if index < l.sealed.len() {
+            let (mut min, mut max) = (Vec::new(), Vec::new());
+            for rows in &l.bound_rows {
+                let r = &rows[index * 2 * d..][..2 * d];
+                max.extend_from_slice(&r[..d]);
+                min.extend_from_slice(&r[d..]);
+            }
+            return Some(KeyBounds::from_parts(d, min, max));
         }
         (index == l.len / self.bgeo.block_tokens && !l.len.is_multiple_of(self.bgeo.block_tokens))
-            .then_some(&l.tail_bounds)
+            .then(|| l.tail_bounds.clone())
     }
 
     fn pinned_bytes_now(&self) -> usize {
@@ -969,11 +1065,12 @@ impl TieredKv {
             }
         };
         let l = &mut self.layers[layer];
-        let bounds = std::mem::replace(
-            &mut l.tail_bounds,
-            KeyBounds::new(self.geo.n_head_kv, self.geo.head_dim),
-        );
-        l.sealed.push(Sealed { slot, bounds });
+        for (h, rows) in l.bound_rows.iter_mut().enumerate() {
+            rows.extend_from_slice(l.tail_bounds.max(h));
+            rows.extend_from_slice(l.tail_bounds.min(h));
+        }
+        l.tail_bounds.reset();
+        l.sealed.push(Sealed { slot });
         let id = BlockId::new(layer as u32, index as u32);
         let payload = self.layout.used_bytes;
         match self.insert_frame(id, FrameState::Dirty)? {
@@ -1306,6 +1403,21 @@ impl TieredKv {
         ids
     }
 
+    /// Whether `layer` is a full-attention layer that `--attention sparse` applies to (not one
+    /// of the first `dense_layers` full layers).
+    fn sparse_layer(&self, layer: usize) -> bool {
+        let Some(sp) = self.cfg.sparse else {
+            return false;
+        };
+        layer < self.layers.len()
+            && self.layers[layer].window.is_none()
+            && self.layers[..layer]
+                .iter()
+                .filter(|l| l.window.is_none())
+                .count()
+                >= sp.dense_layers
+    }
+
     /// The upper-bound scores of `layer`'s blocks `0..=(stored-1)/bt` for one query token, in
     /// the column layout of [`select_blocks`] for `sp.group`, and the selection.
     fn sparse_select(
@@ -1333,16 +1445,50 @@ impl TieredKv {
         let mut scores = vec![f32::NEG_INFINITY; nb * cols];
         let mut tokens = vec![bt; nb];
         tokens[nb - 1] = stored - (nb - 1) * bt;
+        // The query's scaled positive and negative parts, split once for all blocks, as rows
+        // `[qp | qn]` against the bound rows `[max | min]`: each bound is one dot product.
+        let n_q = qy.n_head;
+        let mut qpn = vec![0.0f32; n_q * 2 * d];
+        for h in 0..n_q {
+            for j in 0..d {
+                let y = qy.q[h * d + j] * qy.scale;
+                qpn[h * 2 * d + j] = y.max(0.0);
+                qpn[h * 2 * d + d + j] = y.min(0.0);
+            }
+        }
+        let l = &self.layers[layer];
+        let n_sealed = l.sealed.len().min(nb);
+        // ub[(g · group + hq) · nb + b]: the bound of block b for query head g·group + hq.
+        let mut ub = vec![f32::NEG_INFINITY; n_q * nb];
+        ub.par_chunks_mut(group * nb)
+            .enumerate()
+            .for_each(|(g, out)| {
+                let qs = &qpn[g * group * 2 * d..(g + 1) * group * 2 * d];
+                if n_sealed > 0 {
+                    crate::kernels::dots_multi(
+                        qs,
+                        2 * d,
+                        &l.bound_rows[g][..n_sealed * 2 * d],
+                        n_sealed,
+                        out,
+                        nb,
+                    );
+                }
+                if nb > n_sealed && !l.len.is_multiple_of(bt) {
+                    for hq in 0..group {
+                        let q = &qs[hq * 2 * d..(hq + 1) * 2 * d];
+                        out[hq * nb + nb - 1] =
+                            l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
+                    }
+                }
+            });
         for (b, sc) in scores.chunks_exact_mut(cols).enumerate() {
-            let Some(kb) = self.key_bounds(layer, b) else {
-                continue;
-            };
             for g in 0..n_kv {
                 for hq in 0..group {
-                    let h = g * group + hq;
-                    let ub = kb.upper_bound_dot(g, &qy.q[h * d..(h + 1) * d]) * qy.scale;
+                    let x = ub[(g * group + hq) * nb + b];
+                    let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
                     let c = &mut sc[g * per_head + hq % per_head];
-                    *c = c.max(ub);
+                    *c = c.max(x);
                 }
             }
         }
@@ -1514,6 +1660,10 @@ impl TieredKv {
                 self.arena.remove(id).map_err(arena_err)?;
             }
             l.ring.retain(|(i, _)| *i < keep);
+            let row = 2 * self.geo.head_dim;
+            for rows in l.bound_rows.iter_mut() {
+                rows.truncate(keep.min(l.sealed.len()) * row);
+            }
             if let Some(t) = new_tail {
                 l.tail = if Arc::strong_count(&t) == 1 {
                     t
@@ -1905,7 +2055,7 @@ impl KvCache for TieredKv {
         let sparse = self
             .cfg
             .sparse
-            .filter(|sp| !sliding && qy.n_tokens == 1 && stored > sp.budget_tokens);
+            .filter(|sp| qy.n_tokens == 1 && stored > sp.budget_tokens && self.sparse_layer(layer));
         if let Some(sp) = sparse {
             let nb = b_hi + 1;
             let sel = self.sparse_select(layer, qy, stored, &sp);
@@ -2048,6 +2198,7 @@ impl KvCache for TieredKv {
             && self.layers.get(layer).is_some_and(|l| {
                 l.window.is_none() && l.len > self.cfg.sparse.map_or(0, |s| s.budget_tokens)
             })
+            && self.sparse_layer(layer)
     }
 
     fn speculate(&mut self, layer: usize, qy: &AttnQuery<'_>) -> Result<(), KvError> {
