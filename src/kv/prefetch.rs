@@ -95,6 +95,9 @@ pub struct StoreView<'a> {
     pub windows: &'a [Option<usize>],
     /// Blocks the cache reads per batch (the natural prefetch granule).
     pub chunk: usize,
+    /// How many blocks ahead of the current chunk a pass-order guess should reach (the
+    /// prefetch depth: enough reads in flight to keep the disk's queue full).
+    pub lookahead: usize,
 }
 
 impl StoreView<'_> {
@@ -142,7 +145,7 @@ impl Prefetcher for Sequential {
         view: &StoreView<'_>,
     ) -> Vec<BlockId> {
         let n = view.sealed.get(layer).copied().unwrap_or(0);
-        (current.end..(current.end + view.chunk).min(n))
+        (current.end..(current.end + view.lookahead.max(view.chunk)).min(n))
             .map(|i| BlockId::new(layer as u32, i as u32))
             .collect()
     }
@@ -151,7 +154,7 @@ impl Prefetcher for Sequential {
         let Some(nl) = view.next_full_layer(layer) else {
             return Vec::new();
         };
-        (0..view.chunk.min(view.sealed[nl]))
+        (0..view.lookahead.max(view.chunk).min(view.sealed[nl]))
             .map(|i| BlockId::new(nl as u32, i as u32))
             .collect()
     }
@@ -216,6 +219,7 @@ mod tests {
             sealed: &sealed,
             windows: &windows,
             chunk: 4,
+            lookahead: 4,
         };
         let mut p = Sequential;
         let ids = |v: Vec<BlockId>| v.iter().map(|b| (b.layer, b.index)).collect::<Vec<_>>();
@@ -240,6 +244,7 @@ mod tests {
             sealed: &sealed,
             windows: &windows,
             chunk: 4,
+            lookahead: 4,
         };
         let mut p = Reuse::default();
         let ids = |v: Vec<BlockId>| v.iter().map(|b| (b.layer, b.index)).collect::<Vec<_>>();

@@ -257,11 +257,21 @@ pub fn select_blocks(
             masks[b] = all_heads;
         }
     }
+    // Per head, its blocks by decreasing mass (lower index on ties). No head can take more
+    // blocks than fit the budget (union scope) or its own budget, so only that many lead
+    // blocks need ordering: select them first, then sort just them.
+    let min_tokens = tokens.iter().copied().min().unwrap_or(1).max(1);
+    let need = (cfg.budget_tokens / min_tokens + forced.len() + 1).min(nb);
     let orders: Vec<Vec<usize>> = masses
         .iter()
         .map(|mass| {
+            let cmp = |a: &usize, b: &usize| mass[*b].total_cmp(&mass[*a]).then(a.cmp(b));
             let mut order: Vec<usize> = (0..nb).collect();
-            order.sort_by(|&a, &b| mass[b].total_cmp(&mass[a]).then(a.cmp(&b)));
+            if need < nb {
+                order.select_nth_unstable_by(need, cmp);
+                order.truncate(need);
+            }
+            order.sort_by(cmp);
             order
         })
         .collect();
@@ -293,10 +303,11 @@ pub fn select_blocks(
                     if got[h] >= cfg.mass {
                         continue;
                     }
-                    while ptr[h] < nb && masks[orders[h][ptr[h]]] != 0 {
+                    let order = &orders[h];
+                    while ptr[h] < order.len() && masks[order[ptr[h]]] != 0 {
                         ptr[h] += 1;
                     }
-                    if ptr[h] == nb {
+                    if ptr[h] == order.len() {
                         continue;
                     }
                     let b = orders[h][ptr[h]];
@@ -615,11 +626,16 @@ pub struct TieredKv {
     index_bytes: usize,
     evictions_base: u64,
     stats: Vec<LayerStats>,
+    /// The layer's counters when its running pass started.
+    pass_base: LayerStats,
     /// Per layer: the counters at its last trace line.
     trace_base: Vec<LayerStats>,
     poisoned: Option<String>,
     step: u64,
     pass_len: u64,
+    /// Per layer: its last pass found a block not resident (speculation is skipped for layers
+    /// whose selections stay resident: scoring twice would only cost time).
+    needs_reads: Vec<bool>,
     /// This step's passes are sparse (single-token decode with `--attention sparse`): the
     /// dense pass-order hints do not apply; the policy's reuse history does.
     sparse_step: bool,
@@ -812,6 +828,7 @@ impl TieredKv {
         let mut kv = TieredKv {
             stats: vec![LayerStats::default(); geo.n_layer],
             trace_base: vec![LayerStats::default(); geo.n_layer],
+            pass_base: LayerStats::default(),
             geo,
             bgeo,
             layout,
@@ -844,6 +861,7 @@ impl TieredKv {
             step: 0,
             pass_len: 0,
             sparse_step: false,
+            needs_reads: vec![true; n_layer],
             trace,
             started: Instant::now(),
             cfg,
@@ -1155,8 +1173,10 @@ impl TieredKv {
             4
         }
         .min(by_mem);
+        // Prefetch depth: up to four chunks in flight when the arena is large enough (a deeper
+        // queue keeps the disk busy while the pass computes), one chunk on small arenas.
         let pf = if self.prefetcher.is_some() && frames >= 3 * chunk {
-            chunk
+            chunk * (frames / (8 * chunk)).clamp(1, 4)
         } else {
             0
         };
@@ -1388,6 +1408,7 @@ impl TieredKv {
         &mut self,
         ask: impl FnOnce(&mut dyn Prefetcher, &StoreView<'_>) -> Vec<BlockId>,
         chunk: usize,
+        lookahead: usize,
     ) -> Vec<BlockId> {
         let Some(mut p) = self.prefetcher.take() else {
             return Vec::new();
@@ -1397,6 +1418,7 @@ impl TieredKv {
             sealed: &sealed,
             windows: &self.geo.windows,
             chunk,
+            lookahead,
         };
         let ids = ask(p.as_mut(), &view);
         self.prefetcher = Some(p);
@@ -1500,6 +1522,8 @@ impl TieredKv {
     /// (they stay cached, evictable).
     fn end_store_pass(&mut self, layer: usize, read: &[usize]) -> Result<(), KvError> {
         let [order, spec] = std::mem::take(&mut self.pred[layer]);
+        let d = self.stats[layer].sub(&self.pass_base);
+        self.needs_reads[layer] = d.misses + d.late + d.prefetch_hits > 0;
         let used = |p: &HashSet<u32>| read.iter().filter(|&&i| p.contains(&(i as u32))).count();
         let st = &mut self.stats[layer];
         st.predicted += order.len() as u64;
@@ -2016,6 +2040,7 @@ impl KvCache for TieredKv {
         }
         self.poll()?;
         let t_start = Instant::now();
+        self.pass_base = self.stats[layer];
         let ev_before = self.arena.stats().evictions;
         if layer == 0 {
             self.step += 1;
@@ -2108,8 +2133,11 @@ impl KvCache for TieredKv {
             let (next, next_src) = if pf_depth == 0 {
                 (Vec::new(), None)
             } else if dense {
-                let ids =
-                    self.predict(|p, v| p.next_in_pass(layer, b..end.min(n_sealed), v), chunk);
+                let ids = self.predict(
+                    |p, v| p.next_in_pass(layer, b..end.min(n_sealed), v),
+                    chunk,
+                    pf_depth,
+                );
                 (ids, Some(0))
             } else {
                 // Sparse: the next piece of the selection (known, not predicted).
@@ -2164,7 +2192,7 @@ impl KvCache for TieredKv {
             if pf_depth > 0 {
                 // While the rest of this layer computes, fetch what the next passes read first
                 // (a whole predicted selection when the passes are sparse).
-                let ids = self.predict(|p, v| p.after_pass(layer, v), chunk);
+                let ids = self.predict(|p, v| p.after_pass(layer, v), chunk, pf_depth);
                 let depth = if self.sparse_step {
                     self.sparse_depth().max(pf_depth)
                 } else {
@@ -2199,6 +2227,7 @@ impl KvCache for TieredKv {
                 l.window.is_none() && l.len > self.cfg.sparse.map_or(0, |s| s.budget_tokens)
             })
             && self.sparse_layer(layer)
+            && self.needs_reads.get(layer).copied().unwrap_or(true)
     }
 
     fn speculate(&mut self, layer: usize, qy: &AttnQuery<'_>) -> Result<(), KvError> {
