@@ -253,11 +253,19 @@ pub fn parse_trace<R: Read>(r: R, path: &Path) -> Result<Vec<TraceLine>, Profile
 
 /// Read and aggregate the trace at `path`.
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+    load_from_step(path, 0)
+}
+
+/// [`load`], keeping only the lines of steps `>= from_step` (e.g. to judge a steady state
+/// without the warm-up steps).
+pub fn load_from_step(path: &Path, from_step: u64) -> Result<Profile, ProfileError> {
     let f = std::fs::File::open(path).map_err(|source| ProfileError::Io {
         path: path.to_owned(),
         source,
     })?;
-    Ok(aggregate(parse_trace(f, path)?))
+    let mut lines = parse_trace(f, path)?;
+    lines.retain(|l| l.step >= from_step);
+    Ok(aggregate(lines))
 }
 
 fn sum_lines<'a>(lines: impl Iterator<Item = &'a TraceLine>) -> Counters {

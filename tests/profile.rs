@@ -228,3 +228,22 @@ fn binary_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
 }
+
+#[test]
+fn from_step_keeps_only_the_later_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    std::fs::write(&trace, small_trace()).unwrap();
+    let p = kvspool::profile::load_from_step(&trace, 2).unwrap();
+    assert_eq!(p.total.c.steps, 1);
+    assert_eq!(p.total.c.blocks_read, 8);
+    assert_eq!(p.total.c.misses, 3);
+    let out = Command::new(env!("CARGO_BIN_EXE_kvspool"))
+        .args(["profile", "--from-step", "2", "--json"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["total"]["blocks_read"], 8, "{v}");
+}

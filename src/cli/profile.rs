@@ -1,4 +1,4 @@
-//! `kvspool profile TRACE [--svg OUT] [--json]`: per-layer report of a KV trace (`--trace`),
+//! `kvspool profile TRACE [--svg OUT] [--json] [--from-step N]`: per-layer report of a KV trace (`--trace`),
 //! and an SVG of the timeline. The logic lives in `kvspool::profile`.
 
 use anyhow::Result;
@@ -16,10 +16,13 @@ pub struct ProfileArgs {
     /// One JSON object on stdout: {"layers": [...], "total": {...}}.
     #[arg(long)]
     json: bool,
+    /// Only the steps from this one on (skip warm-up steps; steps count from 1).
+    #[arg(long, default_value_t = 0)]
+    from_step: u64,
 }
 
 pub fn main(a: ProfileArgs) -> Result<()> {
-    let p = profile::load(&a.trace)?;
+    let p = profile::load_from_step(&a.trace, a.from_step)?;
     if let Some(out) = &a.svg {
         let title = format!(
             "kvspool profile: {}",

@@ -192,6 +192,28 @@ pub fn select_blocks(
     tokens: &[usize],
     cfg: &SparseConfig,
 ) -> Option<(Vec<(usize, u32)>, f32)> {
+    select_ranked(scores, n_kv, per_head, tokens, cfg).map(|s| (s.blocks, s.mass))
+}
+
+/// A selection with the order its scored blocks were taken in.
+#[derive(Debug, Clone)]
+struct Selection {
+    /// Blocks in increasing order, each with the mask of the KV heads that read it.
+    blocks: Vec<(usize, u32)>,
+    /// Mean estimated mass over the KV heads.
+    mass: f32,
+    /// The blocks taken by score (not the forced ones), most needed first.
+    taken: Vec<usize>,
+}
+
+/// [`select_blocks`], also returning the order the scored blocks were taken in.
+fn select_ranked(
+    scores: &[f32],
+    n_kv: usize,
+    per_head: usize,
+    tokens: &[usize],
+    cfg: &SparseConfig,
+) -> Option<Selection> {
     let nb = tokens.len();
     let total: usize = tokens.iter().sum();
     let cols = n_kv * per_head;
@@ -242,6 +264,7 @@ pub fn select_blocks(
         (1u32 << n_kv) - 1
     };
     let mut masks = vec![0u32; nb];
+    let mut taken = Vec::new();
     let mut got = vec![0.0f32; n_kv];
     let mut union_tokens = 0usize;
     for &b in &forced {
@@ -285,6 +308,9 @@ pub fn select_blocks(
                         break;
                     }
                     if masks[b] & bit == 0 {
+                        if masks[b] == 0 {
+                            taken.push(b);
+                        }
                         masks[b] |= bit;
                         got[h] += masses[h][b];
                         head_tokens += tokens[b];
@@ -321,6 +347,7 @@ pub fn select_blocks(
                 }
                 union_tokens += tokens[b];
                 masks[b] = all_heads;
+                taken.push(b);
                 for (h, g) in got.iter_mut().enumerate() {
                     *g += masses[h][b];
                 }
@@ -335,7 +362,11 @@ pub fn select_blocks(
     if sel.len() * 4 > nb * 3 {
         return None;
     }
-    Some((sel, mass_sum / n_kv as f32))
+    Some(Selection {
+        blocks: sel,
+        mass: mass_sum / n_kv as f32,
+        taken,
+    })
 }
 
 impl TieredConfig {
@@ -633,6 +664,8 @@ pub struct TieredKv {
     poisoned: Option<String>,
     step: u64,
     pass_len: u64,
+    /// `KVSPOOL_SPARSE_ORACLE=1`: select with exact block masses (research; see `oracle_select`).
+    oracle: bool,
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
     needs_reads: Vec<bool>,
@@ -862,6 +895,7 @@ impl TieredKv {
             pass_len: 0,
             sparse_step: false,
             needs_reads: vec![true; n_layer],
+            oracle: std::env::var("KVSPOOL_SPARSE_ORACLE").is_ok_and(|v| v == "1"),
             trace,
             started: Instant::now(),
             cfg,
@@ -1448,7 +1482,7 @@ impl TieredKv {
         qy: &AttnQuery<'_>,
         stored: usize,
         sp: &SparseConfig,
-    ) -> Option<(Vec<(usize, u32)>, f32)> {
+    ) -> Option<Selection> {
         let (bt, d, n_kv) = (
             self.bgeo.block_tokens,
             self.geo.head_dim,
@@ -1458,6 +1492,9 @@ impl TieredKv {
             return None;
         }
         let group = qy.n_head / n_kv;
+        if self.oracle {
+            return self.oracle_select(layer, qy, stored, sp);
+        }
         let per_head = match sp.group {
             GroupScore::Max => 1,
             GroupScore::Sum => group,
@@ -1514,7 +1551,67 @@ impl TieredKv {
                 }
             }
         }
-        select_blocks(&scores, n_kv, per_head, &tokens, sp)
+        select_ranked(&scores, n_kv, per_head, &tokens, sp)
+    }
+
+    /// The research oracle (`KVSPOOL_SPARSE_ORACLE=1`): the same selection rule, fed with each
+    /// block's *exact* attention mass per query head (from its decoded keys) instead of the
+    /// key-bound estimate — the best any block scoring could do at this budget. Blocks not
+    /// resident keep their bound (the oracle is meant for runs whose KV fits in RAM).
+    fn oracle_select(
+        &self,
+        layer: usize,
+        qy: &AttnQuery<'_>,
+        stored: usize,
+        sp: &SparseConfig,
+    ) -> Option<Selection> {
+        let (bt, d, n_kv) = (
+            self.bgeo.block_tokens,
+            self.geo.head_dim,
+            self.geo.n_head_kv,
+        );
+        let group = qy.n_head / n_kv;
+        let nb = (stored - 1) / bt + 1;
+        let cols = n_kv * group;
+        let mut scores = vec![f32::NEG_INFINITY; nb * cols];
+        let mut tokens = vec![bt; nb];
+        tokens[nb - 1] = stored - (nb - 1) * bt;
+        let l = &self.layers[layer];
+        let mut key = [0.0f32; MAX_HEAD_DIM];
+        for b in 0..nb {
+            let data: Option<&[u8]> = if b < l.sealed.len() {
+                self.arena
+                    .frame_of(BlockId::new(layer as u32, b as u32))
+                    .and_then(|f| self.arena.try_data(f))
+            } else {
+                Some(&l.tail[..])
+            };
+            for g in 0..n_kv {
+                for hq in 0..group {
+                    let h = g * group + hq;
+                    let q = &qy.q[h * d..(h + 1) * d];
+                    let sc = match data {
+                        Some(data) => {
+                            let mut logits = Vec::with_capacity(tokens[b]);
+                            for t in 0..tokens[b] {
+                                decode_k_row(&self.bgeo, self.cfg.dtype, data, g, t, &mut key[..d]);
+                                let dot: f32 = q.iter().zip(&key[..d]).map(|(a, b)| a * b).sum();
+                                logits.push(dot * qy.scale);
+                            }
+                            let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            let lse = mx + logits.iter().map(|x| (x - mx).exp()).sum::<f32>().ln();
+                            // tokens · exp(score) = Σ exp(logit): the exact mass, unnormalized.
+                            lse - (tokens[b] as f32).ln()
+                        }
+                        None => self
+                            .key_bounds(layer, b)
+                            .map_or(f32::NEG_INFINITY, |kb| kb.upper_bound_dot(g, q) * qy.scale),
+                    };
+                    scores[b * cols + g * group + hq] = sc;
+                }
+            }
+        }
+        select_ranked(&scores, n_kv, group, &tokens, sp)
     }
 
     /// A store pass over `layer` read the sealed blocks `read`: score the predictions made for
@@ -1532,6 +1629,18 @@ impl TieredKv {
         st.spec_used += used(&spec) as u64;
         if let Some(p) = self.prefetcher.as_mut() {
             p.observe(layer, read);
+        }
+        if self.sparse_step && self.cfg.hints {
+            // A block a sparse pass read is likely read again by the same layer at the next
+            // token (selections change slowly): predict its next use one step ahead, so the
+            // policy keeps it over blocks no selection wanted (without a hint, a block read
+            // once has no reuse history and would be evicted first).
+            let full = self.layers.iter().filter(|l| l.window.is_none()).count() as u64;
+            let ahead = (read.len() as u64 * full).max(1);
+            for &i in read {
+                self.arena
+                    .hint_next_use(BlockId::new(layer as u32, i as u32), ahead);
+            }
         }
         let mut unused = 0u64;
         for f in 0..self.finfo.len() {
@@ -2086,7 +2195,7 @@ impl KvCache for TieredKv {
             let sel = self.sparse_select(layer, qy, stored, &sp);
             let st = &mut self.stats[layer];
             st.sparse_candidates += nb as u64;
-            match sel {
+            match sel.map(|s| (s.blocks, s.mass)) {
                 Some((sel, mass)) => {
                     st.sparse_selected += sel.len() as u64;
                     st.sparse_mass_ppm += (mass as f64 * 1e6) as u64;
@@ -2241,14 +2350,24 @@ impl KvCache for TieredKv {
         self.poll()?;
         let stored = self.layers[layer].len;
         self.stats[layer].speculations += 1;
-        let Some((sel, _)) = self.sparse_select(layer, qy, stored, &sp) else {
+        let Some(sel) = self.sparse_select(layer, qy, stored, &sp) else {
             return Ok(());
         };
+        // Confidence gating: the estimate is noisy, and the blocks it takes last (at the
+        // budget's margin) are the ones a small error swaps for others. Fetch the forced blocks
+        // and the first half of the scored ones, most needed first; the pass reads the rest
+        // ahead of itself once its exact selection is known.
         let n_sealed = self.layers[layer].sealed.len();
+        let scored: HashSet<usize> = sel.taken.iter().copied().collect();
+        let keep = sel.taken.len().div_ceil(2);
         let ids: Vec<BlockId> = sel
+            .blocks
             .iter()
-            .filter(|&&(b, _)| b < n_sealed)
-            .map(|&(b, _)| BlockId::new(layer as u32, b as u32))
+            .map(|&(b, _)| b)
+            .filter(|b| !scored.contains(b))
+            .chain(sel.taken[..keep].iter().copied())
+            .filter(|&b| b < n_sealed)
+            .map(|b| BlockId::new(layer as u32, b as u32))
             .collect();
         let depth = self.sparse_depth();
         self.prefetch(&ids, depth, Some(1))
