@@ -359,3 +359,36 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
     let (sel_h, _) = select_blocks(&sc, n_kv, 1, &tokens, &per_head).unwrap();
     assert!(sel_h.len() > sel.len(), "{sel_h:?}");
 }
+
+#[test]
+fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
+    use kvspool::kv::tiered::select_blocks_certified;
+    // One KV head, 12 blocks of 64. Block 5's upper bound towers over the rest.
+    let tokens = vec![64usize; 12];
+    let mut ub = vec![0.0f32; 12];
+    ub[5] = 8.0;
+    ub[7] = 6.0;
+    let cfg = SparseConfig {
+        mass: 0.85,
+        budget_tokens: 64 * 8,
+        recent_tokens: 64,
+        group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Union,
+    };
+    let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
+    // Estimated from the upper bounds alone, block 5 "holds" 88% and the rule stops after it.
+    let (est, _) = select_blocks(&ub, 1, 1, &tokens, &cfg).unwrap();
+    assert_eq!(ids(est), vec![0, 5, 11]);
+    // Loose bounds (lower = upper − 6): nothing is guaranteed, the budget decides.
+    let loose: Vec<f32> = ub.iter().map(|x| x - 6.0).collect();
+    let (sel, mass) = select_blocks_certified(&ub, &loose, 1, 1, &tokens, &cfg).unwrap();
+    assert_eq!(sel.len(), 8, "{sel:?}");
+    assert!(mass < 0.85, "{mass}");
+    // Exact scores (lower = upper): the certified rule equals the estimate.
+    let (exact, m2) = select_blocks_certified(&ub, &ub, 1, 1, &tokens, &cfg).unwrap();
+    assert_eq!(ids(exact), vec![0, 5, 11]);
+    assert!(m2 >= 0.85, "{m2}");
+    // Mismatched lengths are refused.
+    assert!(select_blocks_certified(&ub, &ub[..3], 1, 1, &tokens, &cfg).is_none());
+}

@@ -192,8 +192,33 @@ pub fn select_blocks(
     tokens: &[usize],
     cfg: &SparseConfig,
 ) -> Option<(Vec<(usize, u32)>, f32)> {
-    select_ranked(scores, n_kv, per_head, tokens, cfg).map(|s| (s.blocks, s.mass))
+    select_ranked(scores, None, n_kv, per_head, tokens, cfg).map(|s| (s.blocks, s.mass))
 }
+
+/// [`select_blocks`] with the mass rule *certified*: `lower` (same layout as `scores`) holds
+/// lower bounds of the scaled logits (`Σ_j min(q_j·min_j, q_j·max_j)`). A column's selected mass
+/// is then bounded below by `Σ_sel tokens·exp(lower) / (Σ_sel tokens·exp(lower) + Σ_unsel
+/// tokens·exp(score))` — true whatever the keys inside the bounds are — and a head stops when
+/// the mean of that bound over its columns reaches `cfg.mass`. The order blocks are taken in
+/// is the same as [`select_blocks`]' (by upper-bound mass estimate).
+pub fn select_blocks_certified(
+    scores: &[f32],
+    lower: &[f32],
+    n_kv: usize,
+    per_head: usize,
+    tokens: &[usize],
+    cfg: &SparseConfig,
+) -> Option<(Vec<(usize, u32)>, f32)> {
+    let cols = n_kv * per_head;
+    if lower.len() != scores.len() || cols == 0 {
+        return None;
+    }
+    let lb = |b: usize, out: &mut [f32]| out.copy_from_slice(&lower[b * cols..(b + 1) * cols]);
+    select_ranked(scores, Some(&lb), n_kv, per_head, tokens, cfg).map(|s| (s.blocks, s.mass))
+}
+
+/// Lower bounds of the scaled logits of block `b`, one per score column, written to `out`.
+type LowerFn<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
 
 /// A selection with the order its scored blocks were taken in.
 #[derive(Debug, Clone)]
@@ -209,6 +234,7 @@ struct Selection {
 /// [`select_blocks`], also returning the order the scored blocks were taken in.
 fn select_ranked(
     scores: &[f32],
+    lower: Option<LowerFn<'_>>,
     n_kv: usize,
     per_head: usize,
     tokens: &[usize],
@@ -226,8 +252,11 @@ fn select_ranked(
     {
         return None;
     }
-    // Per KV head: the estimated mass of every block.
+    // Per KV head: the estimated mass of every block. Per column: its unnormalized weights
+    // and their max (for the certified mass rule).
     let mut masses: Vec<Vec<f32>> = Vec::with_capacity(n_kv);
+    let mut col_w: Vec<Vec<f32>> = Vec::with_capacity(cols);
+    let mut col_mx: Vec<f32> = Vec::with_capacity(cols);
     for h in 0..n_kv {
         let mut mass = vec![0.0f32; nb];
         for s in 0..per_head {
@@ -245,9 +274,48 @@ fn select_ranked(
             for (m, x) in mass.iter_mut().zip(&w) {
                 *m += x / sum / per_head as f32;
             }
+            if lower.is_some() {
+                col_w.push(w);
+                col_mx.push(mx);
+            }
         }
         masses.push(mass);
     }
+    // The certified rule: per column, Σ over selected blocks of tokens·exp(lower − max) and
+    // Σ over the others of tokens·exp(score − max).
+    let mut cert_sel = vec![0.0f64; cols];
+    let mut cert_unsel: Vec<f64> = col_w
+        .iter()
+        .map(|w| w.iter().map(|&x| x as f64).sum())
+        .collect();
+    let mut lb = vec![0.0f32; cols];
+    // Account block `b` as read by the heads in `heads`; returns nothing, updates `got`.
+    let mut account = |b: usize, heads: u32, got: &mut [f32]| {
+        if let Some(lower) = lower {
+            lower(b, &mut lb);
+            for h in 0..n_kv {
+                if heads & (1 << h) == 0 {
+                    continue;
+                }
+                let mut m = 0.0f64;
+                for s in 0..per_head {
+                    let c = h * per_head + s;
+                    cert_unsel[c] = (cert_unsel[c] - col_w[c][b] as f64).max(0.0);
+                    let l = lb[c].min(scores[b * cols + c]);
+                    cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
+                    let den = cert_sel[c] + cert_unsel[c];
+                    m += if den > 0.0 { cert_sel[c] / den } else { 1.0 };
+                }
+                got[h] = (m / per_head as f64) as f32;
+            }
+        } else {
+            for (h, g) in got.iter_mut().enumerate() {
+                if heads & (1 << h) != 0 {
+                    *g += masses[h][b];
+                }
+            }
+        }
+    };
     // Forced for every head: block 0 (attention sinks) and the recent blocks.
     let mut forced = vec![0usize];
     let mut recent = 0usize;
@@ -272,11 +340,7 @@ fn select_ranked(
             union_tokens += tokens[b];
         }
         if masks[b] != all_heads {
-            for (h, g) in got.iter_mut().enumerate() {
-                if masks[b] & (1 << h) == 0 {
-                    *g += masses[h][b];
-                }
-            }
+            account(b, all_heads & !masks[b], &mut got);
             masks[b] = all_heads;
         }
     }
@@ -312,7 +376,7 @@ fn select_ranked(
                             taken.push(b);
                         }
                         masks[b] |= bit;
-                        got[h] += masses[h][b];
+                        account(b, bit, &mut got);
                         head_tokens += tokens[b];
                     }
                 }
@@ -348,9 +412,7 @@ fn select_ranked(
                 union_tokens += tokens[b];
                 masks[b] = all_heads;
                 taken.push(b);
-                for (h, g) in got.iter_mut().enumerate() {
-                    *g += masses[h][b];
-                }
+                account(b, all_heads, &mut got);
             }
         }
     }
@@ -1551,7 +1613,37 @@ impl TieredKv {
                 }
             }
         }
-        select_ranked(&scores, n_kv, per_head, &tokens, sp)
+        // Lower bounds of a block's logits, for the certified mass rule (computed only for the
+        // blocks taken): per query head `Σ_j max(q,0)_j·min_j + min(q,0)_j·max_j`; a Max column
+        // takes the smallest over its group (a bound valid for every head of the group).
+        let lower = |b: usize, out: &mut [f32]| {
+            for g in 0..n_kv {
+                let (hi, lo): (&[f32], &[f32]) = if b < n_sealed {
+                    let r = &l.bound_rows[g][b * 2 * d..(b + 1) * 2 * d];
+                    (&r[..d], &r[d..])
+                } else {
+                    (l.tail_bounds.max(g), l.tail_bounds.min(g))
+                };
+                for hq in 0..group {
+                    let q = &qpn[(g * group + hq) * 2 * d..(g * group + hq + 1) * 2 * d];
+                    let (qp, qn) = (&q[..d], &q[d..]);
+                    let x: f32 = qp
+                        .iter()
+                        .zip(lo)
+                        .zip(qn.iter().zip(hi))
+                        .map(|((p, lo), (n, hi))| p * lo + n * hi)
+                        .sum();
+                    let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
+                    let c = g * per_head + hq % per_head;
+                    if hq < per_head {
+                        out[c] = x;
+                    } else {
+                        out[c] = out[c].min(x);
+                    }
+                }
+            }
+        };
+        select_ranked(&scores, Some(&lower), n_kv, per_head, &tokens, sp)
     }
 
     /// The research oracle (`KVSPOOL_SPARSE_ORACLE=1`): the same selection rule, fed with each
@@ -1611,7 +1703,10 @@ impl TieredKv {
                 }
             }
         }
-        select_ranked(&scores, n_kv, group, &tokens, sp)
+        // Exact masses: the lower bound is the score itself.
+        let exact =
+            |b: usize, out: &mut [f32]| out.copy_from_slice(&scores[b * cols..(b + 1) * cols]);
+        select_ranked(&scores, Some(&exact), n_kv, group, &tokens, sp)
     }
 
     /// A store pass over `layer` read the sealed blocks `read`: score the predictions made for
