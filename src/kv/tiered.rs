@@ -293,7 +293,7 @@ fn select_ranked(
     let mut account = |b: usize, heads: u32, got: &mut [f32]| {
         if let Some(lower) = lower {
             lower(b, &mut lb);
-            for h in 0..n_kv {
+            for (h, g) in got.iter_mut().enumerate() {
                 if heads & (1 << h) == 0 {
                     continue;
                 }
@@ -306,7 +306,7 @@ fn select_ranked(
                     let den = cert_sel[c] + cert_unsel[c];
                     m += if den > 0.0 { cert_sel[c] / den } else { 1.0 };
                 }
-                got[h] = (m / per_head as f64) as f32;
+                *g = (m / per_head as f64) as f32;
             }
         } else {
             for (h, g) in got.iter_mut().enumerate() {
