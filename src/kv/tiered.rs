@@ -178,11 +178,16 @@ impl Default for SparseConfig {
 /// either the max over the group's query heads (`per_head = 1`, [`GroupScore::Max`]) or query
 /// head `s` of the group ([`GroupScore::Sum`]). `tokens[b]` is the positions block `b` holds.
 /// Column `s`'s estimated mass of block `b` is `tokens[b]·exp(score − max)` normalized over
-/// blocks; head `h`'s is the mean over its columns. Every head reads block 0 (attention sinks) and the blocks holding the
-/// last `recent_tokens` positions (the last block is the one being filled), then its blocks in
-/// decreasing mass (lower index on ties) until its mass reaches `cfg.mass` or its tokens reach
-/// `cfg.budget_tokens`. Returns the union in increasing block order, each block with the mask of
-/// the heads that read it (bit `h`), and the mean estimated mass over heads; `None` when the
+/// blocks; head `h`'s is the mean over its columns. Every head reads block 0 (attention sinks)
+/// and the blocks holding the last `recent_tokens` positions (the last block is the one being
+/// filled). Then, with [`BudgetScope::Union`], the head whose next block (by decreasing mass,
+/// lower index on ties) carries the most mass takes it for every head, until each head's mass
+/// reaches `cfg.mass` or the blocks taken hold `cfg.budget_tokens`; with [`BudgetScope::Head`],
+/// each head takes its own blocks until its mass or its own token count reaches the limits.
+/// Here the mass counted is the upper-bound estimate; [`select_blocks_certified`] counts a
+/// guaranteed lower bound instead (what `attend` uses). Returns the union in increasing block
+/// order, each block with the mask of the heads that read it (bit `h`), and the mean counted
+/// mass over heads; `None` when the
 /// bounds cannot separate the blocks (the union would cover over 3/4 of them) or there are more
 /// than 32 KV heads: read densely.
 pub fn select_blocks(
@@ -476,8 +481,9 @@ pub struct LayerStats {
     pub sparse_selected: u64,
     /// Sparse attention: passes read densely because the bounds could not separate blocks.
     pub sparse_dense_fallbacks: u64,
-    /// Sparse attention: sum over passes of the selection's estimated attention mass (in
-    /// millionths; divide by passes for the mean).
+    /// Sparse attention: sum over passes of the selection's attention mass — the certified
+    /// lower bound from the key bounds (see [`select_blocks_certified`]), mean over KV heads —
+    /// in millionths; divide by passes for the mean.
     pub sparse_mass_ppm: u64,
     /// Sparse attention: passes that selected.
     pub sparse_passes: u64,
