@@ -13,9 +13,15 @@
 //!   time. A chunk's store blocks are pinned: resident ones are hits (or prefetch hits, or
 //!   *late* if their prefetch is still in flight), the others are demand misses read in one
 //!   batch through the I/O thread into frames the policy frees (or, when the budget has no frame
-//!   to give, into staging buffers that are not cached). While a chunk is read, the next chunk's
-//!   reads are issued (prefetch on); at the end of a layer, the first chunk of the next
-//!   full-attention layer is.
+//!   to give, into staging buffers that are not cached). While a chunk is read, the predictor's
+//!   next blocks are issued, up to four chunks ahead; at the end of a layer, what the predictor
+//!   names for the next full-attention layer (`--prefetch`, [`super::prefetch`]).
+//! - **sparse** (`--attention sparse`, single-token queries): the blocks to visit are chosen
+//!   first ([`select_blocks`] / [`select_blocks_certified`]) from the key bounds and the query;
+//!   the pass then visits only those, in block order, exactly as above. [`KvCache::speculate`]
+//!   runs the same selection with a model's estimated query and prefetches part of it.
+//! - **scoring**: every prediction (pass order or speculation) is checked against the blocks
+//!   the pass read when it ends; prefetch pins of blocks it did not read are released then.
 //! - **compute**: for every (query token, KV head) and block, the block's attention is computed
 //!   from a fresh state ([`attend_block_range`]: FP8/FP16 decoded inside the kernel, a K/V row
 //!   decoded once for the whole GQA group), and the per-block states are merged into the running
