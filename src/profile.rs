@@ -135,60 +135,32 @@ pub const PREDICTION_FIELDS: [&str; 10] = [
     "sparse_selected",
 ];
 
-/// Prediction quality over a set of trace lines (`None` = undefined: nothing to divide).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Prediction {
-    /// Blocks the pass-order predictor (sequential/reuse) named.
-    pub predicted: u64,
-    /// ... of them then read / named.
-    pub order_precision: Option<f64>,
-    /// Blocks read that it had named / blocks read.
-    pub order_recall: Option<f64>,
-    /// Speculative queries received.
-    pub speculations: u64,
-    /// Blocks speculation named.
-    pub spec_predicted: u64,
-    /// ... of them then read / named.
-    pub spec_precision: Option<f64>,
-    /// Blocks read that speculation had named / blocks read.
-    pub spec_recall: Option<f64>,
-    /// Blocks read from disk by prefetches.
-    pub prefetch_reads: u64,
-    /// Prefetched blocks then used (in time or late) / prefetched blocks.
-    pub prefetch_used: Option<f64>,
-    /// Blocks resident or requested by a prefetch before the pass reached them / blocks read.
-    pub coverage: Option<f64>,
-    /// Mean time a prefetch hit had been resident before use, in ms.
-    pub mean_lead_ms: Option<f64>,
-    /// Sparse passes: blocks read / candidate blocks.
-    pub sparse_read_fraction: Option<f64>,
-}
+pub use crate::kv::tiered::Prediction;
 
-fn div(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0).then(|| a / b)
-}
-
-impl Prediction {
-    fn from_counters(c: &Counters) -> Option<Prediction> {
-        let g = |k: &str| c.extra.get(k).copied();
-        let predicted = g("predicted")?;
-        let v = |k: &str| g(k).unwrap_or(0.0);
-        let read = c.blocks_read as f64;
-        Some(Prediction {
-            predicted: predicted as u64,
-            order_precision: div(v("predicted_used"), predicted),
-            order_recall: div(v("predicted_used"), read),
-            speculations: v("speculations") as u64,
-            spec_predicted: v("spec_predicted") as u64,
-            spec_precision: div(v("spec_used"), v("spec_predicted")),
-            spec_recall: div(v("spec_used"), read),
-            prefetch_reads: v("prefetch_reads") as u64,
-            prefetch_used: div((c.prefetch_hits + c.late) as f64, v("prefetch_reads")),
-            coverage: div(read - c.misses as f64, read),
-            mean_lead_ms: div(v("prefetch_lead_s") * 1e3, c.prefetch_hits as f64),
-            sparse_read_fraction: div(v("sparse_selected"), v("sparse_candidates")),
-        })
-    }
+/// The prediction counters of `c` (summed trace fields), if the trace has them.
+fn prediction_of(c: &Counters) -> Option<Prediction> {
+    c.extra.get("predicted")?;
+    let g = |k: &str| c.extra.get(k).copied().unwrap_or(0.0).max(0.0) as u64;
+    let stats = crate::kv::LayerStats {
+        blocks_read: c.blocks_read,
+        hits: c.hits,
+        prefetch_hits: c.prefetch_hits,
+        late: c.late,
+        misses: c.misses,
+        predicted: g("predicted"),
+        predicted_used: g("predicted_used"),
+        spec_predicted: g("spec_predicted"),
+        spec_used: g("spec_used"),
+        speculations: g("speculations"),
+        prefetch_reads: g("prefetch_reads"),
+        prefetch_unused: g("prefetch_unused"),
+        prefetch_lead_ns: (c.extra.get("prefetch_lead_s").copied().unwrap_or(0.0) * 1e9).round()
+            as u64,
+        sparse_candidates: g("sparse_candidates"),
+        sparse_selected: g("sparse_selected"),
+        ..Default::default()
+    };
+    Some(stats.prediction())
 }
 
 /// Per-layer counters.
@@ -307,7 +279,7 @@ fn sum_lines<'a>(lines: impl Iterator<Item = &'a TraceLine>) -> Counters {
     if let (Some(&p), Some(&u)) = (c.extra.get("predicted"), c.extra.get("predicted_used")) {
         c.precision = Some(if p > 0.0 { u / p } else { 1.0 });
     }
-    c.prediction = Prediction::from_counters(&c);
+    c.prediction = prediction_of(&c);
     c
 }
 

@@ -304,33 +304,14 @@ pub fn kv_json(s: &KvStats) -> Value {
     })
 }
 
-fn ratio(a: u64, b: u64) -> Value {
-    if b == 0 {
-        Value::Null
-    } else {
-        json!(a as f64 / b as f64)
-    }
-}
-
-/// How the predictors did: precision and recall of the pass-order predictor and of speculation,
-/// the share of prefetched blocks the passes then used, coverage (blocks resident or requested
-/// before the pass reached them) and the mean lead time of prefetch hits.
+/// How the predictors did (precision and recall per source, prefetch use, coverage, lead
+/// time), over all layers.
 fn prediction_json(s: &KvStats) -> Value {
     let mut t = kvspool::kv::LayerStats::default();
     for l in &s.layers {
         t.add(l);
     }
-    json!({
-        "order_precision": ratio(t.predicted_used, t.predicted),
-        "order_recall": ratio(t.predicted_used, t.blocks_read),
-        "spec_precision": ratio(t.spec_used, t.spec_predicted),
-        "spec_recall": ratio(t.spec_used, t.blocks_read),
-        "speculations": t.speculations,
-        "prefetch_reads": t.prefetch_reads,
-        "prefetch_used_fraction": ratio(t.prefetch_hits + t.late, t.prefetch_reads),
-        "coverage": t.coverage(),
-        "mean_lead_ms": if t.prefetch_hits > 0 { json!(t.prefetch_lead_ns as f64 / 1e6 / t.prefetch_hits as f64) } else { Value::Null },
-    })
+    serde_json::to_value(t.prediction()).unwrap_or(Value::Null)
 }
 
 /// Sparse-attention totals: the fraction of candidate blocks read, the mean estimated mass of

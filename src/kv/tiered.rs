@@ -575,16 +575,57 @@ impl LayerStats {
         }
     }
 
-    /// Blocks resident or requested by a prefetch before the pass reached them (late ones
-    /// included), over the blocks read; 1 with no reads.
-    pub fn coverage(&self) -> f64 {
-        let all = self.hits + self.prefetch_hits + self.late + self.misses;
-        if all == 0 {
-            1.0
-        } else {
-            (all - self.misses) as f64 / all as f64
+    /// How the predictors did over these counters.
+    pub fn prediction(&self) -> Prediction {
+        let div = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        let read = self.blocks_read;
+        Prediction {
+            predicted: self.predicted,
+            order_precision: div(self.predicted_used, self.predicted),
+            order_recall: div(self.predicted_used, read),
+            speculations: self.speculations,
+            spec_predicted: self.spec_predicted,
+            spec_precision: div(self.spec_used, self.spec_predicted),
+            spec_recall: div(self.spec_used, read),
+            prefetch_reads: self.prefetch_reads,
+            prefetch_used: div(self.prefetch_hits + self.late, self.prefetch_reads),
+            coverage: div(read.saturating_sub(self.misses), read),
+            mean_lead_ms: (self.prefetch_hits > 0)
+                .then(|| self.prefetch_lead_ns as f64 / 1e6 / self.prefetch_hits as f64),
+            sparse_read_fraction: div(self.sparse_selected, self.sparse_candidates),
         }
     }
+}
+
+/// Prediction quality over a set of counters (`None` = undefined: nothing to divide by): the
+/// `kv.prediction` object of `--json` and the prediction table of `kvspool profile`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// Blocks the pass-order predictor (sequential/reuse) named.
+    pub predicted: u64,
+    /// ... of them then read / named.
+    pub order_precision: Option<f64>,
+    /// Blocks read that it had named / blocks read.
+    pub order_recall: Option<f64>,
+    /// Speculative queries received.
+    pub speculations: u64,
+    /// Blocks speculation named.
+    pub spec_predicted: u64,
+    /// ... of them then read / named.
+    pub spec_precision: Option<f64>,
+    /// Blocks read that speculation had named / blocks read.
+    pub spec_recall: Option<f64>,
+    /// Blocks read from disk by prefetches.
+    pub prefetch_reads: u64,
+    /// Prefetched blocks then used (in time or late) / prefetched blocks.
+    #[serde(rename = "prefetch_used_fraction")]
+    pub prefetch_used: Option<f64>,
+    /// Blocks resident or requested by a prefetch before the pass reached them / blocks read.
+    pub coverage: Option<f64>,
+    /// Mean time a prefetch hit had been resident before use, in ms.
+    pub mean_lead_ms: Option<f64>,
+    /// Sparse passes: blocks read / candidate blocks.
+    pub sparse_read_fraction: Option<f64>,
 }
 
 /// What a [`KvCache`] reports: the `kv` object of `run --json` (CLI.md) and more.
@@ -1750,7 +1791,13 @@ impl TieredKv {
             }
         }
         let mut unused = 0u64;
-        for f in 0..self.finfo.len() {
+        // Scan the frames only when some are prefetch-pinned (most passes have none).
+        let scan = if self.prefetch_pinned > 0 {
+            self.finfo.len()
+        } else {
+            0
+        };
+        for f in 0..scan {
             if !self.finfo[f].prefetch_pin {
                 continue;
             }
