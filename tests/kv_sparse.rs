@@ -8,7 +8,7 @@ mod common;
 use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
 use kvspool::kv::prefetch::PrefetchMode;
-use kvspool::kv::tiered::{select_blocks, BudgetScope, GroupScore, SparseConfig};
+use kvspool::kv::tiered::{select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex};
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
 
 struct Rng(u64);
@@ -37,6 +37,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (sel, mass) = select_blocks(&scores, 1, 1, &tokens, &cfg).unwrap();
@@ -62,6 +63,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
     };
     let (sel4, _) = select_blocks(&two, 2, 1, &tokens, &cfg4).unwrap();
     assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
@@ -167,6 +169,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
     assert!(dense
@@ -184,6 +187,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
     };
     let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
     let candidates = 2 * 1200usize.div_ceil(32) as u64;
@@ -229,6 +233,7 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (m, mass_max) = select_blocks(&max_cols, 1, 1, &tokens, &cfg).unwrap();
@@ -250,6 +255,7 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         group: GroupScore::Sum,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
     };
     // A RAM tier of ~28 frames (8 KiB slots) for 76 blocks: prefetch matters.
     let ram = 256 * 1024;
@@ -344,6 +350,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
+        index: SparseIndex::Flat,
     };
     let (sel, _) = select_blocks(&sc, n_kv, 1, &tokens, &cfg).unwrap();
     // Forced 0 and 11, then the most needed blocks over all heads: 3 (head 1), 5 (head 0),
@@ -354,6 +361,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
     // The same budget per head reads more blocks than the budget.
     let per_head = SparseConfig {
         budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
         ..cfg
     };
     let (sel_h, _) = select_blocks(&sc, n_kv, 1, &tokens, &per_head).unwrap();
@@ -375,6 +383,7 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
+        index: SparseIndex::Flat,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     // Estimated from the upper bounds alone, block 5 "holds" 88% and the rule stops after it.
@@ -391,4 +400,106 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
     assert!(m2 >= 0.85, "{m2}");
     // Mismatched lengths are refused.
     assert!(select_blocks_certified(&ub, &ub[..3], 1, 1, &tokens, &cfg).is_none());
+}
+
+#[test]
+fn tree_index_reads_exactly_what_flat_reads_with_per_head_budgets() {
+    // Per-head budgets, one column per head (max) and the mass rule off: each head takes its
+    // blocks in bound order, and the two-level index only defers scoring a super-block's
+    // blocks until the greedy reaches it — so the selections and the outputs are identical.
+    let flat = SparseConfig {
+        mass: 1.0,
+        budget_tokens: 256,
+        recent_tokens: 64,
+        group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
+    };
+    let tree = SparseConfig {
+        index: SparseIndex::Tree,
+        ..flat
+    };
+    let (a, sel_a) = run(Some(flat), 1 << 30, BackendKind::Pread);
+    let (b, sel_b) = run(Some(tree), 1 << 30, BackendKind::Pread);
+    assert_eq!(sel_a, sel_b);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    // The default (union) budget with the tree is deterministic and reads fewer blocks.
+    let union = SparseConfig {
+        mass: 0.95,
+        budget_scope: BudgetScope::Union,
+        ..tree
+    };
+    let (c, sel_c) = run(Some(union), 1 << 30, BackendKind::Pread);
+    let (d, sel_d) = run(Some(union), 0, BackendKind::Uring);
+    assert_eq!(sel_c, sel_d);
+    assert!(c.iter().zip(&d).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let candidates = 2 * 1200usize.div_ceil(32) as u64;
+    assert!(sel_c < candidates / 2, "{sel_c} of {candidates}");
+}
+
+#[test]
+fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
+    use kvspool::kv::tiered::{select_blocks_certified, select_blocks_indexed, SUPER_SPAN};
+    let mut r = Rng(5);
+    let mut expansions = 0usize;
+    for trial in 0..60usize {
+        let n_kv = 1 + trial % 3;
+        let nb = SUPER_SPAN * (2 + trial % 5) + trial % 7;
+        let tokens: Vec<usize> = (0..nb)
+            .map(|b| if b + 1 == nb { 1 + trial % 64 } else { 64 })
+            .collect();
+        let ub: Vec<f32> = (0..nb * n_kv).map(|_| r.f() * 4.0).collect();
+        let lower: Vec<f32> = ub.iter().map(|x| x - 1.0 - r.f().abs()).collect();
+        // Super-block bounds: at least the largest bound inside, plus some slack.
+        let n_super = nb / SUPER_SPAN;
+        let mut supers = vec![f32::NEG_INFINITY; n_super * n_kv];
+        for s in 0..n_super {
+            for h in 0..n_kv {
+                for b in s * SUPER_SPAN..(s + 1) * SUPER_SPAN {
+                    supers[s * n_kv + h] = supers[s * n_kv + h].max(ub[b * n_kv + h]);
+                }
+                supers[s * n_kv + h] += r.f().abs();
+            }
+        }
+        let head = SparseConfig {
+            mass: 1.0,
+            budget_tokens: 64 * (3 + trial % 9),
+            recent_tokens: 64,
+            group: GroupScore::Max,
+            dense_layers: 0,
+            budget_scope: BudgetScope::Head,
+            index: SparseIndex::Tree,
+        };
+        let flat = select_blocks_certified(&ub, &lower, n_kv, 1, &tokens, &head);
+        let tree = select_blocks_indexed(&ub, &supers, SUPER_SPAN, &lower, n_kv, 1, &tokens, &head);
+        if let Some((_, _, e)) = &tree {
+            expansions += e;
+        }
+        assert_eq!(
+            flat.map(|s| s.0),
+            tree.map(|t| t.0),
+            "trial {trial}: per-head order differs"
+        );
+        // Without super-blocks the indexed selection is the flat one.
+        let none = select_blocks_indexed(&ub, &[], 0, &lower, n_kv, 1, &tokens, &head);
+        let flat = select_blocks_certified(&ub, &lower, n_kv, 1, &tokens, &head);
+        assert_eq!(flat.map(|s| s.0), none.map(|t| t.0));
+        // The union budget: forced blocks in, never over the budget, a mass in [0, 1].
+        let union = SparseConfig {
+            mass: 0.95,
+            budget_scope: BudgetScope::Union,
+            ..head
+        };
+        if let Some((sel, mass, _)) =
+            select_blocks_indexed(&ub, &supers, SUPER_SPAN, &lower, n_kv, 1, &tokens, &union)
+        {
+            let read: usize = sel.iter().map(|&(b, _)| tokens[b]).sum();
+            assert!(read <= union.budget_tokens, "trial {trial}: {read}");
+            assert_eq!(sel[0].0, 0);
+            assert_eq!(sel.last().unwrap().0, nb - 1);
+            assert!((0.0..=1.0).contains(&mass), "{mass}");
+        }
+    }
+    assert!(expansions > 0, "the index was never exercised");
 }

@@ -65,6 +65,11 @@ pub struct CommonKv {
     /// all KV heads: the read and compute cost) or head (each KV head's own selection).
     #[arg(long, default_value = "union", value_parser = ["union", "head"])]
     pub sparse_budget_scope: String,
+    /// Sparse attention: how blocks are scored: flat (every block's key bound) or tree (bounds
+    /// of 16-block super-blocks first; a super-block's blocks only when the selection reaches
+    /// it: pays only when keys cluster by position).
+    #[arg(long, default_value = "flat", value_parser = ["flat", "tree"])]
+    pub sparse_index: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
     pub kv_policy: String,
@@ -265,6 +270,11 @@ impl CommonKv {
                     kvspool::kv::tiered::BudgetScope::Head
                 } else {
                     kvspool::kv::tiered::BudgetScope::Union
+                },
+                index: if self.sparse_index == "tree" {
+                    kvspool::kv::tiered::SparseIndex::Tree
+                } else {
+                    kvspool::kv::tiered::SparseIndex::Flat
                 },
             });
         }

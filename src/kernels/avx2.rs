@@ -675,6 +675,36 @@ pub(super) fn e4m3_decode(src: &[u8], out: &mut [f32]) {
     super::scalar::e4m3_decode(st, ot);
 }
 
+/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·16 + i]` (a column-major tile of 16 columns, the
+/// first `c` written): two 8-lane accumulators per query, two queries per tile row load, one
+/// FMA per element in `j` order (the scalar order, lane by lane).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) {
+    let nq = qs.len() / n.max(1);
+    let (rows, _) = tile[..n * 16].as_chunks::<8>();
+    let mut q0 = 0;
+    while q0 < nq {
+        let m = (nq - q0).min(2);
+        let mut acc = [[_mm256_setzero_ps(); 2]; 2];
+        for j in 0..n {
+            let rv = [ld_ps(&rows[2 * j]), ld_ps(&rows[2 * j + 1])];
+            for (k, a) in acc.iter_mut().enumerate().take(m) {
+                let qv = _mm256_set1_ps(qs[(q0 + k) * n + j]);
+                a[0] = _mm256_fmadd_ps(qv, rv[0], a[0]);
+                a[1] = _mm256_fmadd_ps(qv, rv[1], a[1]);
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(m) {
+            let mut lanes = [[0.0f32; 8]; 2];
+            st_ps(&mut lanes[0], a[0]);
+            st_ps(&mut lanes[1], a[1]);
+            let flat = lanes.as_flattened();
+            out[(q0 + k) * ldo..(q0 + k) * ldo + c].copy_from_slice(&flat[..c]);
+        }
+        q0 += m;
+    }
+}
+
 /// `out[q·ldo + i] = qs[q] · keys[i]` (one [`dot_f32`] per pair).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dots_multi(
@@ -741,6 +771,7 @@ pub(super) mod checked {
         exp_shift_sum(x: &mut [f32], m: f32) -> f32;
         e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
         dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
+        col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
         axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

@@ -816,6 +816,33 @@ pub(super) fn dots_multi(
     }
 }
 
+/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·16 + i]` (a column-major tile of 16 columns, the
+/// first `c` written): one 16-lane accumulator per query, four queries per tile row load, one
+/// FMA per element in `j` order (the scalar order, lane by lane: no horizontal sums).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) {
+    let nq = qs.len() / n.max(1);
+    let (rows, _) = tile[..n * 16].as_chunks::<16>();
+    let mask: __mmask16 = if c >= 16 { 0xffff } else { (1u16 << c) - 1 };
+    let mut q0 = 0;
+    while q0 < nq {
+        let m = (nq - q0).min(4);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (j, r) in rows.iter().enumerate() {
+            let rv = ld_ps(r);
+            for (k, a) in acc.iter_mut().enumerate().take(m) {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(qs[(q0 + k) * n + j]), rv, *a);
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(m) {
+            let o = &mut out[(q0 + k) * ldo..(q0 + k) * ldo + c];
+            // SAFETY: the masked store writes only lanes `< c`, all inside `o` (len `c`).
+            unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, *a) };
+        }
+        q0 += m;
+    }
+}
+
 /// Four accumulators (or fewer: `nq`) of `16·N` floats kept in registers over `c` value rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -923,6 +950,7 @@ pub(super) mod checked {
         exp_shift_sum(x: &mut [f32], m: f32) -> f32;
         e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
         dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
+        col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
         axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

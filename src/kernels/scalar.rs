@@ -208,6 +208,20 @@ pub(crate) fn dots_multi(
     }
 }
 
+/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·COL_TILE + i]` for the `qs.len() / n` queries
+/// and the first `c` columns of a column-major tile (products summed in `j` order).
+pub(crate) fn col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) {
+    for (qi, q) in qs.chunks_exact(n).enumerate() {
+        for i in 0..c {
+            let mut acc = 0.0f32;
+            for (j, &x) in q.iter().enumerate() {
+                acc = x.mul_add(tile[j * super::COL_TILE + i], acc);
+            }
+            out[qi * ldo + i] = acc;
+        }
+    }
+}
+
 /// `accs[q] += Σᵢ w[q·ldw + i] · values[i]` for the `accs.len() / d` accumulators and `c` value
 /// rows of `d` (rows in order, like [`axpy`] per row).
 pub(crate) fn axpys_multi(

@@ -50,6 +50,7 @@ use super::policy::{
     ArenaError, BlockId, EvictionPolicy, FrameArena, FrameId, FrameState, Lru, NextUse,
 };
 use super::prefetch::{PrefetchMode, Prefetcher, StoreView};
+use super::select::{self, BoundTiles, Selection};
 use super::{AttnQuery, KvCache, KvError, KvGeometry};
 use crate::kernels::attention::AttnState;
 use crossbeam_channel::{Receiver, Sender};
@@ -128,6 +129,36 @@ pub struct SparseConfig {
     /// What `budget_tokens` limits: the blocks read (the union over KV heads) or each head's
     /// own selection.
     pub budget_scope: BudgetScope,
+    /// Score every block, or super-blocks first (a two-level index).
+    pub index: SparseIndex,
+}
+
+/// Blocks per super-block of the two-level index (`--sparse-index tree`).
+pub const SUPER_SPAN: usize = 16;
+
+/// `--sparse-index`: how a selection scores the blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SparseIndex {
+    /// Score every block's bound (the default: measured faster, docs/BENCHMARKS.md).
+    #[default]
+    Flat,
+    /// Score super-blocks of [`SUPER_SPAN`] sealed blocks (bounds of the union of their keys)
+    /// and the blocks after them; score a super-block's blocks for a KV head only when the
+    /// selection reaches it ([`select_blocks_indexed`]). Same selection order per head as
+    /// `flat`; cheaper only when super-block bounds separate (keys that cluster by position):
+    /// on the synthetic 128K bench a box bound over 1,024 keys is ~5 logits looser than over 64,
+    /// a third of the super-blocks get expanded, and it is slower than `flat`.
+    Tree,
+}
+
+impl SparseIndex {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseIndex::Flat => "flat",
+            SparseIndex::Tree => "tree",
+        }
+    }
 }
 
 /// `--sparse-budget-scope`: what the token budget counts.
@@ -174,6 +205,7 @@ impl Default for SparseConfig {
             group: GroupScore::Max,
             dense_layers: 0,
             budget_scope: BudgetScope::Union,
+            index: SparseIndex::Flat,
         }
     }
 }
@@ -203,7 +235,14 @@ pub fn select_blocks(
     tokens: &[usize],
     cfg: &SparseConfig,
 ) -> Option<(Vec<(usize, u32)>, f32)> {
-    select_ranked(scores, None, n_kv, per_head, tokens, cfg).map(|s| (s.blocks, s.mass))
+    let upper = select::upper_from(scores, n_kv, per_head);
+    select::select(
+        flat_scores(scores, n_kv, per_head, tokens),
+        &upper,
+        None,
+        cfg,
+    )
+    .map(|s| (s.blocks, s.mass))
 }
 
 /// [`select_blocks`] with the mass rule *certified*: `lower` (same layout as `scores`) holds
@@ -225,221 +264,62 @@ pub fn select_blocks_certified(
         return None;
     }
     let lb = |b: usize, out: &mut [f32]| out.copy_from_slice(&lower[b * cols..(b + 1) * cols]);
-    select_ranked(scores, Some(&lb), n_kv, per_head, tokens, cfg).map(|s| (s.blocks, s.mass))
+    let upper = select::upper_from(scores, n_kv, per_head);
+    select::select(
+        flat_scores(scores, n_kv, per_head, tokens),
+        &upper,
+        Some(&lb),
+        cfg,
+    )
+    .map(|s| (s.blocks, s.mass))
 }
 
-/// Lower bounds of the scaled logits of block `b`, one per score column, written to `out`.
-type LowerFn<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+/// A selection (blocks with their head masks), its mean certified mass and the number of
+/// (super-block, KV head) expansions it needed.
+pub type IndexedSelection = (Vec<(usize, u32)>, f32, usize);
 
-/// A selection with the order its scored blocks were taken in.
-#[derive(Debug, Clone)]
-struct Selection {
-    /// Blocks in increasing order, each with the mask of the KV heads that read it.
-    blocks: Vec<(usize, u32)>,
-    /// Mean estimated mass over the KV heads.
-    mass: f32,
-    /// The blocks taken by score (not the forced ones), most needed first.
-    taken: Vec<usize>,
-}
-
-/// [`select_blocks`], also returning the order the scored blocks were taken in.
-fn select_ranked(
+/// [`select_blocks_certified`] with a two-level index: `supers[s · cols + c]` bounds the scores
+/// of blocks `s·span .. (s+1)·span` (every super-block must be complete), and a super-block's
+/// blocks are scored (read from `scores`) only when the greedy reaches it. Returns the
+/// selection, its mean certified mass and the number of (super-block, KV head) expansions.
+/// With `span = 0` it is [`select_blocks_certified`].
+#[allow(clippy::too_many_arguments)]
+pub fn select_blocks_indexed(
     scores: &[f32],
-    lower: Option<LowerFn<'_>>,
+    supers: &[f32],
+    span: usize,
+    lower: &[f32],
     n_kv: usize,
     per_head: usize,
     tokens: &[usize],
     cfg: &SparseConfig,
-) -> Option<Selection> {
-    let nb = tokens.len();
-    let total: usize = tokens.iter().sum();
+) -> Option<IndexedSelection> {
     let cols = n_kv * per_head;
-    if nb == 0
-        || n_kv == 0
-        || n_kv > 32
-        || per_head == 0
-        || scores.len() != nb * cols
-        || total <= cfg.budget_tokens
-    {
+    if lower.len() != scores.len() || cols == 0 || !supers.len().is_multiple_of(cols) {
         return None;
     }
-    // Per KV head: the estimated mass of every block. Per column: its unnormalized weights
-    // and their max (for the certified mass rule).
-    let mut masses: Vec<Vec<f32>> = Vec::with_capacity(n_kv);
-    let mut col_w: Vec<Vec<f32>> = Vec::with_capacity(cols);
-    let mut col_mx: Vec<f32> = Vec::with_capacity(cols);
-    for h in 0..n_kv {
-        let mut mass = vec![0.0f32; nb];
-        for s in 0..per_head {
-            let c = h * per_head + s;
-            let mx = (0..nb)
-                .map(|b| scores[b * cols + c])
-                .fold(f32::NEG_INFINITY, f32::max);
-            if !mx.is_finite() {
-                return None;
-            }
-            let w: Vec<f32> = (0..nb)
-                .map(|b| tokens[b] as f32 * (scores[b * cols + c] - mx).exp())
-                .collect();
-            let sum: f32 = w.iter().sum();
-            for (m, x) in mass.iter_mut().zip(&w) {
-                *m += x / sum / per_head as f32;
-            }
-            if lower.is_some() {
-                col_w.push(w);
-                col_mx.push(mx);
-            }
-        }
-        masses.push(mass);
+    let lb = |b: usize, out: &mut [f32]| out.copy_from_slice(&lower[b * cols..(b + 1) * cols]);
+    let upper = select::upper_from(scores, n_kv, per_head);
+    let mut sc = flat_scores(scores, n_kv, per_head, tokens);
+    sc.span = span;
+    sc.supers = supers.to_vec();
+    select::select(sc, &upper, Some(&lb), cfg).map(|s| (s.blocks, s.mass, s.expansions))
+}
+
+fn flat_scores<'a>(
+    scores: &[f32],
+    n_kv: usize,
+    per_head: usize,
+    tokens: &'a [usize],
+) -> select::Scores<'a> {
+    select::Scores {
+        n_kv,
+        per_head,
+        tokens,
+        blocks: scores.to_vec(),
+        span: 0,
+        supers: Vec::new(),
     }
-    // The certified rule: per column, Σ over selected blocks of tokens·exp(lower − max) and
-    // Σ over the others of tokens·exp(score − max).
-    let mut cert_sel = vec![0.0f64; cols];
-    let mut cert_unsel: Vec<f64> = col_w
-        .iter()
-        .map(|w| w.iter().map(|&x| x as f64).sum())
-        .collect();
-    let mut lb = vec![0.0f32; cols];
-    // Account block `b` as read by the heads in `heads`; returns nothing, updates `got`.
-    let mut account = |b: usize, heads: u32, got: &mut [f32]| {
-        if let Some(lower) = lower {
-            lower(b, &mut lb);
-            for (h, g) in got.iter_mut().enumerate() {
-                if heads & (1 << h) == 0 {
-                    continue;
-                }
-                let mut m = 0.0f64;
-                for s in 0..per_head {
-                    let c = h * per_head + s;
-                    cert_unsel[c] = (cert_unsel[c] - col_w[c][b] as f64).max(0.0);
-                    let l = lb[c].min(scores[b * cols + c]);
-                    cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
-                    let den = cert_sel[c] + cert_unsel[c];
-                    m += if den > 0.0 { cert_sel[c] / den } else { 1.0 };
-                }
-                *g = (m / per_head as f64) as f32;
-            }
-        } else {
-            for (h, g) in got.iter_mut().enumerate() {
-                if heads & (1 << h) != 0 {
-                    *g += masses[h][b];
-                }
-            }
-        }
-    };
-    // Forced for every head: block 0 (attention sinks) and the recent blocks.
-    let mut forced = vec![0usize];
-    let mut recent = 0usize;
-    for b in (0..nb).rev() {
-        if recent >= cfg.recent_tokens.max(1) {
-            break;
-        }
-        forced.push(b);
-        recent += tokens[b];
-    }
-    let all_heads = if n_kv == 32 {
-        u32::MAX
-    } else {
-        (1u32 << n_kv) - 1
-    };
-    let mut masks = vec![0u32; nb];
-    let mut taken = Vec::new();
-    let mut got = vec![0.0f32; n_kv];
-    let mut union_tokens = 0usize;
-    for &b in &forced {
-        if masks[b] == 0 {
-            union_tokens += tokens[b];
-        }
-        if masks[b] != all_heads {
-            account(b, all_heads & !masks[b], &mut got);
-            masks[b] = all_heads;
-        }
-    }
-    // Per head, its blocks by decreasing mass (lower index on ties). No head can take more
-    // blocks than fit the budget (union scope) or its own budget, so only that many lead
-    // blocks need ordering: select them first, then sort just them.
-    let min_tokens = tokens.iter().copied().min().unwrap_or(1).max(1);
-    let need = (cfg.budget_tokens / min_tokens + forced.len() + 1).min(nb);
-    let orders: Vec<Vec<usize>> = masses
-        .iter()
-        .map(|mass| {
-            let cmp = |a: &usize, b: &usize| mass[*b].total_cmp(&mass[*a]).then(a.cmp(b));
-            let mut order: Vec<usize> = (0..nb).collect();
-            if need < nb {
-                order.select_nth_unstable_by(need, cmp);
-                order.truncate(need);
-            }
-            order.sort_by(cmp);
-            order
-        })
-        .collect();
-    match cfg.budget_scope {
-        BudgetScope::Head => {
-            for h in 0..n_kv {
-                let bit = 1u32 << h;
-                let mut head_tokens = union_tokens;
-                for &b in &orders[h] {
-                    if got[h] >= cfg.mass || head_tokens >= cfg.budget_tokens {
-                        break;
-                    }
-                    if masks[b] & bit == 0 {
-                        if masks[b] == 0 {
-                            taken.push(b);
-                        }
-                        masks[b] |= bit;
-                        account(b, bit, &mut got);
-                        head_tokens += tokens[b];
-                    }
-                }
-            }
-        }
-        BudgetScope::Union => {
-            // Greedy over heads: the head whose next block carries the most estimated mass
-            // goes first; a block read by one head is attended by all (its mass counts for
-            // every head). Stops at the budget or when every head reached its mass.
-            let mut ptr = vec![0usize; n_kv];
-            loop {
-                let mut best: Option<(usize, usize)> = None;
-                for h in 0..n_kv {
-                    if got[h] >= cfg.mass {
-                        continue;
-                    }
-                    let order = &orders[h];
-                    while ptr[h] < order.len() && masks[order[ptr[h]]] != 0 {
-                        ptr[h] += 1;
-                    }
-                    if ptr[h] == order.len() {
-                        continue;
-                    }
-                    let b = orders[h][ptr[h]];
-                    if best.is_none_or(|(bh, bb)| masses[h][b] > masses[bh][bb]) {
-                        best = Some((h, b));
-                    }
-                }
-                let Some((_, b)) = best else { break };
-                if union_tokens + tokens[b] > cfg.budget_tokens {
-                    break;
-                }
-                union_tokens += tokens[b];
-                masks[b] = all_heads;
-                taken.push(b);
-                account(b, all_heads, &mut got);
-            }
-        }
-    }
-    let mass_sum: f32 = got.iter().map(|g| g.min(1.0)).sum();
-    let sel: Vec<(usize, u32)> = (0..nb)
-        .filter(|&b| masks[b] != 0)
-        .map(|b| (b, masks[b]))
-        .collect();
-    if sel.len() * 4 > nb * 3 {
-        return None;
-    }
-    Some(Selection {
-        blocks: sel,
-        mass: mass_sum / n_kv as f32,
-        taken,
-    })
 }
 
 impl TieredConfig {
@@ -696,8 +576,12 @@ struct LayerKv {
     window: Option<usize>,
     sealed: Vec<Sealed>,
     /// Key bounds of the sealed blocks, per KV head: one row of `2 · head_dim` per block,
-    /// `[max | min]` (contiguous, so that scoring every block is one small mat-mul per head).
-    bound_rows: Vec<Vec<f32>>,
+    /// `[max | min]`, kept as column-major tiles of 16 blocks (scoring a tile against a query
+    /// group is one `col_dots`).
+    bound_rows: Vec<BoundTiles>,
+    /// The same per complete super-block of [`SUPER_SPAN`] sealed blocks (= one tile of
+    /// `bound_rows`): the bounds of the union of their keys.
+    super_rows: Vec<BoundTiles>,
     /// Sliding layers: sealed blocks still visible, `(block index, bytes)`, oldest first.
     ring: VecDeque<(usize, Arc<AlignedBuf>)>,
     tail: Arc<AlignedBuf>,
@@ -959,7 +843,8 @@ impl TieredKv {
                 len: 0,
                 window,
                 sealed: Vec::new(),
-                bound_rows: vec![Vec::new(); geo.n_head_kv],
+                bound_rows: vec![BoundTiles::new(2 * geo.head_dim); geo.n_head_kv],
+                super_rows: vec![BoundTiles::new(2 * geo.head_dim); geo.n_head_kv],
                 ring: VecDeque::new(),
                 tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
                 tail_bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
@@ -1035,8 +920,9 @@ impl TieredKv {
         let d = self.geo.head_dim;
         if index < l.sealed.len() {
             let (mut min, mut max) = (Vec::new(), Vec::new());
+            let mut r = vec![0.0f32; 2 * d];
             for rows in &l.bound_rows {
-                let r = &rows[index * 2 * d..][..2 * d];
+                rows.row(index, &mut r);
                 max.extend_from_slice(&r[..d]);
                 min.extend_from_slice(&r[d..]);
             }
@@ -1232,12 +1118,21 @@ impl TieredKv {
             }
         };
         let l = &mut self.layers[layer];
+        let d = self.geo.head_dim;
+        let mut row = vec![0.0f32; 2 * d];
         for (h, rows) in l.bound_rows.iter_mut().enumerate() {
-            rows.extend_from_slice(l.tail_bounds.max(h));
-            rows.extend_from_slice(l.tail_bounds.min(h));
+            row[..d].copy_from_slice(l.tail_bounds.max(h));
+            row[d..].copy_from_slice(l.tail_bounds.min(h));
+            rows.push(&row);
         }
         l.tail_bounds.reset();
         l.sealed.push(Sealed { slot });
+        if l.sealed.len().is_multiple_of(SUPER_SPAN) {
+            let t = l.sealed.len() / SUPER_SPAN - 1;
+            for (rows, sup) in l.bound_rows.iter().zip(l.super_rows.iter_mut()) {
+                sup.push(&rows.union_row(t, d));
+            }
+        }
         let id = BlockId::new(layer as u32, index as u32);
         let payload = self.layout.used_bytes;
         match self.insert_frame(id, FrameState::Dirty)? {
@@ -1616,7 +1511,6 @@ impl TieredKv {
         };
         let nb = (stored - 1) / bt + 1;
         let cols = n_kv * per_head;
-        let mut scores = vec![f32::NEG_INFINITY; nb * cols];
         let mut tokens = vec![bt; nb];
         tokens[nb - 1] = stored - (nb - 1) * bt;
         // The query's scaled positive and negative parts, split once for all blocks, as rows
@@ -1632,60 +1526,98 @@ impl TieredKv {
         }
         let l = &self.layers[layer];
         let n_sealed = l.sealed.len().min(nb);
-        // ub[(g · group + hq) · nb + b]: the bound of block b for query head g·group + hq.
-        let mut ub = vec![f32::NEG_INFINITY; n_q * nb];
-        ub.par_chunks_mut(group * nb)
-            .enumerate()
-            .for_each(|(g, out)| {
-                let qs = &qpn[g * group * 2 * d..(g + 1) * group * 2 * d];
-                if n_sealed > 0 {
-                    crate::kernels::dots_multi(
-                        qs,
-                        2 * d,
-                        &l.bound_rows[g][..n_sealed * 2 * d],
-                        n_sealed,
-                        out,
-                        nb,
-                    );
-                }
-                if nb > n_sealed && !l.len.is_multiple_of(bt) {
+        let row = 2 * d;
+        let complete = l.super_rows[0].len().min(n_sealed / SUPER_SPAN);
+        let n_super = match sp.index {
+            SparseIndex::Flat => 0,
+            SparseIndex::Tree => complete,
+        };
+        // Bounds of `count` rows for KV head `g`'s query heads into `out[hq · ldo + i]`, then
+        // into score columns `dst[i · per_head + s]` (a Max column takes the group's largest).
+        let score_rows =
+            |g: usize, rows: &BoundTiles, a: usize, b: usize, dst: &mut [f32], stride: usize| {
+                let qs = &qpn[g * group * row..(g + 1) * group * row];
+                let count = b - a;
+                let mut out = vec![0.0f32; group * count];
+                rows.dots(qs, a, b, &mut out, count);
+                for i in 0..count {
+                    let d = &mut dst[i * stride..i * stride + per_head];
+                    d.fill(f32::NEG_INFINITY);
                     for hq in 0..group {
-                        let q = &qs[hq * 2 * d..(hq + 1) * 2 * d];
-                        out[hq * nb + nb - 1] =
-                            l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
+                        let x = out[hq * count + i];
+                        let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
+                        let c = &mut d[hq % per_head];
+                        *c = c.max(x);
                     }
                 }
-            });
-        for (b, sc) in scores.chunks_exact_mut(cols).enumerate() {
-            for g in 0..n_kv {
-                for hq in 0..group {
-                    let x = ub[(g * group + hq) * nb + b];
-                    let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
-                    let c = &mut sc[g * per_head + hq % per_head];
-                    *c = c.max(x);
-                }
+            };
+        // The tail block's bound (it has no row yet).
+        let tail_score = |g: usize, dst: &mut [f32]| {
+            dst.fill(f32::NEG_INFINITY);
+            for hq in 0..group {
+                let q = &qpn[(g * group + hq) * row..(g * group + hq + 1) * row];
+                let x = l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
+                let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
+                let c = &mut dst[hq % per_head];
+                *c = c.max(x);
+            }
+        };
+        // First level: the super-blocks and every block after them, per KV head in parallel
+        // (`per_g[g]` holds head g's columns, `[super-blocks | blocks]`).
+        let lo = n_super * SUPER_SPAN;
+        let mut per_g: Vec<Vec<f32>> = vec![Vec::new(); n_kv];
+        per_g.par_iter_mut().enumerate().for_each(|(g, v)| {
+            *v = vec![0.0f32; (n_super + nb - lo) * per_head];
+            let (sup, blk) = v.split_at_mut(n_super * per_head);
+            if n_super > 0 {
+                score_rows(g, &l.super_rows[g], 0, n_super, sup, per_head);
+            }
+            if n_sealed > lo {
+                score_rows(g, &l.bound_rows[g], lo, n_sealed, blk, per_head);
+            }
+            if nb > n_sealed {
+                tail_score(g, &mut blk[(nb - 1 - lo) * per_head..]);
+            }
+        });
+        let mut blocks = vec![0.0f32; nb * cols];
+        let mut supers = vec![0.0f32; n_super * cols];
+        for (g, v) in per_g.iter().enumerate() {
+            let (sup, blk) = v.split_at(n_super * per_head);
+            for (s, x) in sup.chunks_exact(per_head).enumerate() {
+                supers[s * cols + g * per_head..][..per_head].copy_from_slice(x);
+            }
+            for (i, x) in blk.chunks_exact(per_head).enumerate() {
+                blocks[(lo + i) * cols + g * per_head..][..per_head].copy_from_slice(x);
             }
         }
+        // Second level, on demand: blocks `a..b` of KV head `g` (inside the sealed ones).
+        let upper = |g: usize, a: usize, b: usize, out: &mut [f32]| {
+            let sealed_end = b.min(n_sealed);
+            if sealed_end > a {
+                score_rows(g, &l.bound_rows[g], a, sealed_end, out, per_head);
+            }
+            for i in sealed_end.max(a)..b {
+                tail_score(g, &mut out[(i - a) * per_head..(i - a + 1) * per_head]);
+            }
+        };
         // Lower bounds of a block's logits, for the certified mass rule (computed only for the
         // blocks taken): per query head `Σ_j max(q,0)_j·min_j + min(q,0)_j·max_j`; a Max column
         // takes the smallest over its group (a bound valid for every head of the group).
         let lower = |b: usize, out: &mut [f32]| {
+            // The row with its halves swapped, `[min | max]`, against `[qp | qn]`.
+            let (mut r, mut sw) = (vec![0.0f32; row], vec![0.0f32; row]);
             for g in 0..n_kv {
-                let (hi, lo): (&[f32], &[f32]) = if b < n_sealed {
-                    let r = &l.bound_rows[g][b * 2 * d..(b + 1) * 2 * d];
-                    (&r[..d], &r[d..])
+                if b < n_sealed {
+                    l.bound_rows[g].row(b, &mut r);
+                    sw[..d].copy_from_slice(&r[d..]);
+                    sw[d..].copy_from_slice(&r[..d]);
                 } else {
-                    (l.tail_bounds.max(g), l.tail_bounds.min(g))
-                };
+                    sw[..d].copy_from_slice(l.tail_bounds.min(g));
+                    sw[d..].copy_from_slice(l.tail_bounds.max(g));
+                }
                 for hq in 0..group {
                     let q = &qpn[(g * group + hq) * 2 * d..(g * group + hq + 1) * 2 * d];
-                    let (qp, qn) = (&q[..d], &q[d..]);
-                    let x: f32 = qp
-                        .iter()
-                        .zip(lo)
-                        .zip(qn.iter().zip(hi))
-                        .map(|((p, lo), (n, hi))| p * lo + n * hi)
-                        .sum();
+                    let x = crate::kernels::dot_f32(q, &sw);
                     let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
                     let c = g * per_head + hq % per_head;
                     if hq < per_head {
@@ -1696,7 +1628,15 @@ impl TieredKv {
                 }
             }
         };
-        select_ranked(&scores, Some(&lower), n_kv, per_head, &tokens, sp)
+        let sc = select::Scores {
+            n_kv,
+            per_head,
+            tokens: &tokens,
+            blocks,
+            span: SUPER_SPAN,
+            supers,
+        };
+        select::select(sc, &upper, Some(&lower), sp)
     }
 
     /// The research oracle (`KVSPOOL_SPARSE_ORACLE=1`): the same selection rule, fed with each
@@ -1759,7 +1699,13 @@ impl TieredKv {
         // Exact masses: the lower bound is the score itself.
         let exact =
             |b: usize, out: &mut [f32]| out.copy_from_slice(&scores[b * cols..(b + 1) * cols]);
-        select_ranked(&scores, Some(&exact), n_kv, group, &tokens, sp)
+        let upper = select::upper_from(&scores, n_kv, group);
+        select::select(
+            flat_scores(&scores, n_kv, group, &tokens),
+            &upper,
+            Some(&exact),
+            sp,
+        )
     }
 
     /// A store pass over `layer` read the sealed blocks `read`: score the predictions made for
@@ -1947,9 +1893,11 @@ impl TieredKv {
                 self.arena.remove(id).map_err(arena_err)?;
             }
             l.ring.retain(|(i, _)| *i < keep);
-            let row = 2 * self.geo.head_dim;
             for rows in l.bound_rows.iter_mut() {
-                rows.truncate(keep.min(l.sealed.len()) * row);
+                rows.truncate(keep.min(l.sealed.len()));
+            }
+            for rows in l.super_rows.iter_mut() {
+                rows.truncate(keep.min(l.sealed.len()) / SUPER_SPAN);
             }
             if let Some(t) = new_tail {
                 l.tail = if Arc::strong_count(&t) == 1 {

@@ -1,0 +1,630 @@
+//! Block selection for `--attention sparse`: which blocks of a full-attention layer one query
+//! token reads, from upper bounds of its attention logits per block.
+//!
+//! The selection is a greedy over *candidates*: blocks, or — with a two-level index — whole
+//! super-blocks of `span` consecutive sealed blocks whose bound is the bound of the union of
+//! their keys. A super-block stands for its blocks until the greedy would take it; then it is
+//! *expanded* (its blocks are scored for that KV head and replace it). Because a super-block's
+//! score bounds every block in it, a block the greedy takes is never out-ranked by one hidden in
+//! an unexpanded super-block: the index only saves the scoring of the blocks nobody looks at.
+//!
+//! Invariants:
+//! - a block's key (estimated mass) is `Σ_columns tokens·exp(score − max_c) / Z_c / per_head`,
+//!   where `max_c` and `Z_c` come from the first-level candidates (super-blocks and the blocks
+//!   outside them) and stay fixed for the selection; a super-block's key uses its best child's
+//!   token count and its own score, so it is never below any of its blocks' keys;
+//! - the certified mass of a head (with lower bounds) only ever counts what is guaranteed: the
+//!   unselected side keeps a super-block's whole bound until that head expanded it;
+//! - with every super-block expanded (or none built), the result is the flat selection; the
+//!   greedy breaks ties towards the lower block index, then the lower head;
+//! - the selection holds at most `budget_tokens` (counting the forced blocks), and `None` means
+//!   "read densely" (over 3/4 of the blocks, degenerate scores, or more than 32 KV heads).
+
+use super::tiered::{BudgetScope, SparseConfig};
+use crate::kernels::COL_TILE;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// A selection with the order its scored blocks were taken in.
+#[derive(Debug, Clone)]
+pub(crate) struct Selection {
+    /// Blocks in increasing order, each with the mask of the KV heads that read it.
+    pub blocks: Vec<(usize, u32)>,
+    /// Mean counted mass over the KV heads (estimated, or certified with lower bounds).
+    pub mass: f32,
+    /// The blocks taken by score (not the forced ones), most needed first.
+    pub taken: Vec<usize>,
+    /// Super-block expansions (one KV head each) the selection needed.
+    pub expansions: usize,
+}
+
+/// Lower bounds of the scaled logits of block `b`, one per score column, written to `out`.
+pub(crate) type LowerFn<'a> = &'a (dyn Fn(usize, &mut [f32]) + Sync);
+
+/// Upper-bound scores of blocks `lo..hi` for KV head `h`: `out[(b − lo) · per_head + s]`.
+pub(crate) type UpperFn<'a> = &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
+
+/// The scores a selection starts from.
+pub(crate) struct Scores<'a> {
+    /// KV heads and score columns per head (`cols = n_kv · per_head`).
+    pub n_kv: usize,
+    pub per_head: usize,
+    /// Positions per block.
+    pub tokens: &'a [usize],
+    /// Block scores `[b · cols + c]`; only the blocks outside super-blocks need to be valid
+    /// (the others are written on expansion).
+    pub blocks: Vec<f32>,
+    /// Blocks per super-block and the super-block scores `[s · cols + c]`: super-block `s`
+    /// covers blocks `s·span .. (s+1)·span`. `span = 0` (or no rows): a flat selection.
+    pub span: usize,
+    pub supers: Vec<f32>,
+}
+
+/// A heap entry: a block or a super-block of one KV head, by key (then lower first block).
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    key: f32,
+    /// Block index, or the first block of the super-block.
+    first: u32,
+    is_super: bool,
+}
+
+impl PartialEq for Cand {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.key
+            .total_cmp(&o.key)
+            .then(o.first.cmp(&self.first))
+            .then(o.is_super.cmp(&self.is_super))
+    }
+}
+
+/// Select the blocks one query token reads (see the module docs and
+/// [`super::tiered::select_blocks`] for the rules). `upper` scores blocks of a super-block when
+/// it is expanded (unused without super-blocks); `lower` makes the mass rule certified.
+pub(crate) fn select(
+    mut sc: Scores<'_>,
+    upper: UpperFn<'_>,
+    lower: Option<LowerFn<'_>>,
+    cfg: &SparseConfig,
+) -> Option<Selection> {
+    let (n_kv, per_head, tokens) = (sc.n_kv, sc.per_head, sc.tokens);
+    let nb = tokens.len();
+    let total: usize = tokens.iter().sum();
+    let cols = n_kv * per_head;
+    if nb == 0
+        || n_kv == 0
+        || n_kv > 32
+        || per_head == 0
+        || sc.blocks.len() != nb * cols
+        || total <= cfg.budget_tokens
+    {
+        return None;
+    }
+    let span = sc.span;
+    let n_super = nb
+        .checked_div(span)
+        .map_or(0, |n| n.min(sc.supers.len() / cols));
+    let span = if n_super == 0 { 0 } else { span };
+    // Blocks outside super-blocks.
+    let loose = n_super * span..nb;
+    let super_tokens = |s: usize| -> (usize, usize) {
+        let t = &tokens[s * span..(s + 1) * span];
+        (t.iter().sum(), t.iter().copied().max().unwrap_or(0))
+    };
+    // Per column: the max and the unnormalized weights of the first-level candidates.
+    let mut col_mx = vec![f32::NEG_INFINITY; cols];
+    for s in 0..n_super {
+        for (m, &x) in col_mx.iter_mut().zip(&sc.supers[s * cols..(s + 1) * cols]) {
+            *m = m.max(x);
+        }
+    }
+    for b in loose.clone() {
+        for (m, &x) in col_mx.iter_mut().zip(&sc.blocks[b * cols..(b + 1) * cols]) {
+            *m = m.max(x);
+        }
+    }
+    if col_mx.iter().any(|m| !m.is_finite()) {
+        return None;
+    }
+    let weight = |tok: usize, x: f32, c: usize| tok as f32 * (x - col_mx[c]).exp();
+    // First-level candidates `i`: super-blocks `0..n_super`, then the loose blocks. Per column,
+    // their `exp(score − max)` in one vectorized pass (`e[c · n1 + i]`), the column sums of
+    // `tokens · e` (the normalizers, also the certified rule's unselected mass to start from).
+    let n1 = n_super + loose.len();
+    let first_tokens: Vec<(usize, usize)> = (0..n_super)
+        .map(super_tokens)
+        .chain(loose.clone().map(|b| (tokens[b], tokens[b])))
+        .collect();
+    let mut e = vec![0.0f32; cols * n1];
+    let mut col_sum = vec![0.0f32; cols];
+    let mut cert_unsel = vec![0.0f64; cols];
+    for c in 0..cols {
+        let ec = &mut e[c * n1..(c + 1) * n1];
+        for (i, x) in ec.iter_mut().enumerate() {
+            *x = if i < n_super {
+                sc.supers[i * cols + c]
+            } else {
+                sc.blocks[(loose.start + i - n_super) * cols + c]
+            };
+        }
+        crate::kernels::exp_shift_sum(ec, col_mx[c]);
+        let mut sum = 0.0f64;
+        for (x, &(tok, _)) in ec.iter().zip(&first_tokens) {
+            sum += (tok as f32 * x) as f64;
+        }
+        col_sum[c] = sum as f32;
+        cert_unsel[c] = sum;
+    }
+    // A candidate's key for head `h` from its scores `x[s]` and token count.
+    let key_of = |h: usize, x: &[f32], tok: usize| -> f32 {
+        let mut k = 0.0f32;
+        for (s, &v) in x.iter().enumerate() {
+            let c = h * per_head + s;
+            k += weight(tok, v, c) / col_sum[c] / per_head as f32;
+        }
+        k
+    };
+    // expanded[s]: bit h set once head h scored super-block s's blocks.
+    let mut expanded = vec![0u32; n_super];
+    let in_super = |b: usize| {
+        if b < n_super * span {
+            Some(b / span)
+        } else {
+            None
+        }
+    };
+    let mut heaps: Vec<BinaryHeap<Cand>> = (0..n_kv)
+        .map(|h| {
+            let v: Vec<Cand> = (0..n1)
+                .map(|i| {
+                    let mut key = 0.0f32;
+                    for si in 0..per_head {
+                        let c = h * per_head + si;
+                        key +=
+                            first_tokens[i].1 as f32 * e[c * n1 + i] / col_sum[c] / per_head as f32;
+                    }
+                    let (first, is_super) = if i < n_super {
+                        (i * span, true)
+                    } else {
+                        (loose.start + i - n_super, false)
+                    };
+                    Cand {
+                        key,
+                        first: first as u32,
+                        is_super,
+                    }
+                })
+                .collect();
+            BinaryHeap::from(v)
+        })
+        .collect();
+    let mut expansions = 0usize;
+    // Score super-block `s`'s blocks for head `h` and put them in its heap instead of it.
+    let mut expand = |h: usize,
+                      s: usize,
+                      blocks: &mut [f32],
+                      heaps: &mut [BinaryHeap<Cand>],
+                      cert_unsel: &mut [f64],
+                      expanded: &mut [u32]| {
+        let (lo, hi) = (s * span, (s + 1) * span);
+        let mut out = vec![0.0f32; span * per_head];
+        upper(h, lo, hi, &mut out);
+        let (tok, _) = super_tokens(s);
+        if lower.is_some() {
+            for si in 0..per_head {
+                let c = h * per_head + si;
+                cert_unsel[c] -= weight(tok, sc.supers[s * cols + c], c) as f64;
+            }
+        }
+        for (i, b) in (lo..hi).enumerate() {
+            let x = &out[i * per_head..(i + 1) * per_head];
+            blocks[b * cols + h * per_head..b * cols + (h + 1) * per_head].copy_from_slice(x);
+            // The block's weights give both its key and its share of the unselected mass.
+            let mut key = 0.0f32;
+            for (si, &v) in x.iter().enumerate() {
+                let c = h * per_head + si;
+                let w = weight(tokens[b], v, c);
+                key += w / col_sum[c] / per_head as f32;
+                if lower.is_some() {
+                    cert_unsel[c] += w as f64;
+                }
+            }
+            heaps[h].push(Cand {
+                key,
+                first: b as u32,
+                is_super: false,
+            });
+        }
+        if lower.is_some() {
+            for si in 0..per_head {
+                let c = h * per_head + si;
+                cert_unsel[c] = cert_unsel[c].max(0.0);
+            }
+        }
+        expanded[s] |= 1 << h;
+        expansions += 1;
+    };
+    // The certified rule: per column, Σ over selected blocks of tokens·exp(lower − max) against
+    // `cert_unsel`, Σ over the rest of tokens·exp(score − max).
+    let mut cert_sel = vec![0.0f64; cols];
+    let mut lb = vec![0.0f32; cols];
+    let mut ub = vec![0.0f32; per_head];
+    // Account block `b` as read by the heads in `heads`: update their counted mass `got`.
+    let mut account = |b: usize,
+                       heads: u32,
+                       got: &mut [f32],
+                       blocks: &[f32],
+                       expanded: &[u32],
+                       cert_unsel: &mut [f64]| {
+        if let Some(lower) = lower {
+            lower(b, &mut lb);
+        }
+        for (h, g) in got.iter_mut().enumerate() {
+            if heads & (1 << h) == 0 {
+                continue;
+            }
+            // The block's own scores for this head: known unless its super-block is not
+            // expanded for the head (then score just this block).
+            let known = in_super(b).is_none_or(|s| expanded[s] & (1 << h) != 0);
+            if known {
+                ub.copy_from_slice(&blocks[b * cols + h * per_head..b * cols + (h + 1) * per_head]);
+            } else {
+                upper(h, b, b + 1, &mut ub);
+            }
+            if lower.is_some() {
+                let mut m = 0.0f64;
+                for (s, &u) in ub.iter().enumerate() {
+                    let c = h * per_head + s;
+                    if known {
+                        cert_unsel[c] = (cert_unsel[c] - weight(tokens[b], u, c) as f64).max(0.0);
+                    }
+                    let l = lb[c].min(u);
+                    cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
+                    let den = cert_sel[c] + cert_unsel[c];
+                    m += if den > 0.0 { cert_sel[c] / den } else { 1.0 };
+                }
+                *g = (m / per_head as f64) as f32;
+            } else {
+                *g += key_of(h, &ub, tokens[b]);
+            }
+        }
+    };
+    // Forced for every head: block 0 (attention sinks) and the recent blocks.
+    let mut forced = vec![0usize];
+    let mut recent = 0usize;
+    for b in (0..nb).rev() {
+        if recent >= cfg.recent_tokens.max(1) {
+            break;
+        }
+        forced.push(b);
+        recent += tokens[b];
+    }
+    let all_heads = if n_kv == 32 {
+        u32::MAX
+    } else {
+        (1u32 << n_kv) - 1
+    };
+    let mut masks = vec![0u32; nb];
+    let mut taken = Vec::new();
+    let mut got = vec![0.0f32; n_kv];
+    let mut union_tokens = 0usize;
+    for &b in &forced {
+        if masks[b] == 0 {
+            union_tokens += tokens[b];
+        }
+        if masks[b] != all_heads {
+            let heads = all_heads & !masks[b];
+            account(b, heads, &mut got, &sc.blocks, &expanded, &mut cert_unsel);
+            masks[b] = all_heads;
+        }
+    }
+    match cfg.budget_scope {
+        BudgetScope::Head => {
+            for h in 0..n_kv {
+                let bit = 1u32 << h;
+                let mut head_tokens = union_tokens;
+                while got[h] < cfg.mass && head_tokens < cfg.budget_tokens {
+                    let Some(c) = heaps[h].pop() else { break };
+                    let b = c.first as usize;
+                    if c.is_super {
+                        let s = b / span;
+                        expand(
+                            h,
+                            s,
+                            &mut sc.blocks,
+                            &mut heaps,
+                            &mut cert_unsel,
+                            &mut expanded,
+                        );
+                        continue;
+                    }
+                    if masks[b] & bit == 0 {
+                        if masks[b] == 0 {
+                            taken.push(b);
+                        }
+                        masks[b] |= bit;
+                        account(b, bit, &mut got, &sc.blocks, &expanded, &mut cert_unsel);
+                        head_tokens += tokens[b];
+                    }
+                }
+            }
+        }
+        BudgetScope::Union => {
+            // Greedy over heads: the head whose best candidate carries the most estimated mass
+            // goes first (a super-block is expanded and the race rerun); a block read by one
+            // head is attended by all. Stops at the budget or when every head reached its mass.
+            loop {
+                let mut best: Option<(usize, Cand)> = None;
+                for h in 0..n_kv {
+                    if got[h] >= cfg.mass {
+                        continue;
+                    }
+                    while heaps[h]
+                        .peek()
+                        .is_some_and(|c| !c.is_super && masks[c.first as usize] != 0)
+                    {
+                        heaps[h].pop();
+                    }
+                    let Some(&c) = heaps[h].peek() else { continue };
+                    if best.is_none_or(|(_, bc)| c.key > bc.key) {
+                        best = Some((h, c));
+                    }
+                }
+                let Some((h, c)) = best else { break };
+                let b = c.first as usize;
+                if c.is_super {
+                    heaps[h].pop();
+                    let s = b / span;
+                    expand(
+                        h,
+                        s,
+                        &mut sc.blocks,
+                        &mut heaps,
+                        &mut cert_unsel,
+                        &mut expanded,
+                    );
+                    continue;
+                }
+                if union_tokens + tokens[b] > cfg.budget_tokens {
+                    break;
+                }
+                union_tokens += tokens[b];
+                masks[b] = all_heads;
+                taken.push(b);
+                account(
+                    b,
+                    all_heads,
+                    &mut got,
+                    &sc.blocks,
+                    &expanded,
+                    &mut cert_unsel,
+                );
+            }
+        }
+    }
+    let mass_sum: f32 = got.iter().map(|g| g.min(1.0)).sum();
+    let sel: Vec<(usize, u32)> = (0..nb)
+        .filter(|&b| masks[b] != 0)
+        .map(|b| (b, masks[b]))
+        .collect();
+    if sel.len() * 4 > nb * 3 {
+        return None;
+    }
+    Some(Selection {
+        blocks: sel,
+        mass: mass_sum / n_kv as f32,
+        taken,
+        expansions,
+    })
+}
+
+/// Upper-bound scores of blocks read from a full score array (flat selections and tests).
+pub(crate) fn upper_from(
+    scores: &[f32],
+    n_kv: usize,
+    per_head: usize,
+) -> impl Fn(usize, usize, usize, &mut [f32]) + Sync + '_ {
+    let cols = n_kv * per_head;
+    move |h: usize, lo: usize, hi: usize, out: &mut [f32]| {
+        for (i, b) in (lo..hi).enumerate() {
+            out[i * per_head..(i + 1) * per_head]
+                .copy_from_slice(&scores[b * cols + h * per_head..b * cols + (h + 1) * per_head]);
+        }
+    }
+}
+
+/// Rows of `n` floats kept as column-major tiles of [`COL_TILE`] rows (row `r`, element `j`
+/// at `data[(r / T)·n·T + j·T + r % T]`), so that scoring 16 rows against a query group is one
+/// [`crate::kernels::col_dots`] call with no horizontal sums. Unused columns of the last tile
+/// hold zeros or stale values and are never returned.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BoundTiles {
+    n: usize,
+    rows: usize,
+    data: Vec<f32>,
+}
+
+impl BoundTiles {
+    pub fn new(n: usize) -> Self {
+        BoundTiles {
+            n,
+            rows: 0,
+            data: Vec::new(),
+        }
+    }
+
+    /// Rows stored.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Append one row (`row.len() == n`).
+    pub fn push(&mut self, row: &[f32]) {
+        let (n, r) = (self.n, self.rows);
+        if r.is_multiple_of(COL_TILE) {
+            self.data.resize(self.data.len() + n * COL_TILE, 0.0);
+        }
+        let base = (r / COL_TILE) * n * COL_TILE + r % COL_TILE;
+        for (j, &x) in row.iter().enumerate().take(n) {
+            self.data[base + j * COL_TILE] = x;
+        }
+        self.rows += 1;
+    }
+
+    /// Keep the first `rows` rows.
+    pub fn truncate(&mut self, rows: usize) {
+        if rows < self.rows {
+            self.rows = rows;
+            self.data
+                .truncate(rows.div_ceil(COL_TILE) * self.n * COL_TILE);
+        }
+    }
+
+    /// Row `r` into `out` (`out.len() >= n`).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
+        for (j, o) in out.iter_mut().enumerate().take(self.n) {
+            *o = self.data[base + j * COL_TILE];
+        }
+    }
+
+    /// Tile `t` (rows `t·T .. t·T + T`), `n · T` floats.
+    pub fn tile(&self, t: usize) -> &[f32] {
+        &self.data[t * self.n * COL_TILE..(t + 1) * self.n * COL_TILE]
+    }
+
+    /// `out[q·ldo + (r − lo)] = qs[q] · row r` for rows `lo..hi` and the `qs.len() / n` queries.
+    /// Whole stretches of a tile go through `col_dots`; a few rows of a tile are gathered and
+    /// dotted one by one.
+    pub fn dots(&self, qs: &[f32], lo: usize, hi: usize, out: &mut [f32], ldo: usize) {
+        let n = self.n;
+        let nq = qs.len() / n.max(1);
+        let mut tmp = Vec::new();
+        let mut row = Vec::new();
+        let mut r = lo;
+        while r < hi {
+            let t = r / COL_TILE;
+            let end = ((t + 1) * COL_TILE).min(hi);
+            if r.is_multiple_of(COL_TILE) && ldo >= end - r {
+                // A tile from its first row: straight into `out`.
+                let o = &mut out[r - lo..];
+                crate::kernels::col_dots(qs, n, self.tile(t), end - r, o, ldo);
+            } else if end - r >= 4 {
+                let c = end - t * COL_TILE;
+                tmp.resize(nq * COL_TILE, 0.0);
+                crate::kernels::col_dots(qs, n, self.tile(t), c, &mut tmp, COL_TILE);
+                for q in 0..nq {
+                    out[q * ldo + r - lo..q * ldo + end - lo]
+                        .copy_from_slice(&tmp[q * COL_TILE + r % COL_TILE..q * COL_TILE + c]);
+                }
+            } else {
+                row.resize(n, 0.0);
+                for i in r..end {
+                    self.row(i, &mut row);
+                    for (q, qv) in qs.chunks_exact(n).enumerate() {
+                        out[q * ldo + i - lo] = crate::kernels::dot_f32(qv, &row);
+                    }
+                }
+            }
+            r = end;
+        }
+    }
+
+    /// The bounds of the union of tile `t`'s rows, for rows `[max | min]` of `2·d`: the
+    /// elementwise max of the first halves and min of the second halves.
+    pub fn union_row(&self, t: usize, d: usize) -> Vec<f32> {
+        let tile = self.tile(t);
+        let c = (self.rows - t * COL_TILE).min(COL_TILE);
+        (0..2 * d)
+            .map(|j| {
+                let col = &tile[j * COL_TILE..j * COL_TILE + c];
+                if j < d {
+                    col.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                } else {
+                    col.iter().copied().fold(f32::INFINITY, f32::min)
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, count: usize, seed: u32) -> Vec<Vec<f32>> {
+        (0..count)
+            .map(|r| {
+                (0..n)
+                    .map(|j| ((r * 31 + j * 7 + seed as usize) % 23) as f32 - 11.0)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bound_tiles_store_rows_and_score_any_range() {
+        let n = 10;
+        let mut t = BoundTiles::new(n);
+        let data = rows(n, 37, 1);
+        for r in &data {
+            t.push(r);
+        }
+        t.truncate(20);
+        assert_eq!(t.len(), 20);
+        let more = rows(n, 21, 2);
+        for r in &more {
+            t.push(r);
+        }
+        let all: Vec<&Vec<f32>> = data[..20].iter().chain(&more).collect();
+        assert_eq!(t.len(), all.len());
+        let mut got = vec![0.0f32; n];
+        for (i, r) in all.iter().enumerate() {
+            t.row(i, &mut got);
+            assert_eq!(&got, *r);
+        }
+        let qs: Vec<f32> = (0..3 * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        for (lo, hi) in [
+            (0, 41),
+            (0, 16),
+            (3, 5),
+            (5, 30),
+            (16, 32),
+            (17, 18),
+            (32, 41),
+        ] {
+            let ldo = hi - lo + 1;
+            let mut out = vec![f32::NAN; 3 * ldo];
+            t.dots(&qs, lo, hi, &mut out, ldo);
+            for q in 0..3 {
+                for r in lo..hi {
+                    let want: f32 = (0..n).map(|j| qs[q * n + j] * all[r][j]).sum();
+                    assert_eq!(out[q * ldo + r - lo], want, "{lo}..{hi} q{q} r{r}");
+                }
+                assert!(out[q * ldo + hi - lo].is_nan());
+            }
+        }
+        // The union of tile 1 (rows 16..32) as [max | min] rows of 2·5.
+        let u = t.union_row(1, 5);
+        for j in 0..n {
+            let col = all[16..32].iter().map(|r| r[j]);
+            let want = if j < 5 {
+                col.fold(f32::NEG_INFINITY, f32::max)
+            } else {
+                col.fold(f32::INFINITY, f32::min)
+            };
+            assert_eq!(u[j], want);
+        }
+    }
+}
