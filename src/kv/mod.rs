@@ -17,7 +17,7 @@ pub mod format;
 pub mod io;
 pub mod policy;
 pub mod prefetch;
-mod select;
+pub(crate) mod select;
 pub mod tiered;
 
 pub use tiered::{KvStats, LayerStats, PolicyKind, TieredConfig, TieredKv};

@@ -51,11 +51,12 @@ pub(crate) struct Scores<'a> {
     pub per_head: usize,
     /// Positions per block.
     pub tokens: &'a [usize],
-    /// Block scores `[b · cols + c]`; only the blocks outside super-blocks need to be valid
-    /// (the others are written on expansion).
+    /// Block scores, column-major `[c · nb + b]`; only the blocks outside super-blocks need to
+    /// be valid (the others are written on expansion).
     pub blocks: Vec<f32>,
-    /// Blocks per super-block and the super-block scores `[s · cols + c]`: super-block `s`
-    /// covers blocks `s·span .. (s+1)·span`. `span = 0` (or no rows): a flat selection.
+    /// Blocks per super-block and the super-block scores, column-major `[c · n_super + s]`:
+    /// super-block `s` covers blocks `s·span .. (s+1)·span`. `span = 0` (or no rows): a flat
+    /// selection.
     pub span: usize,
     pub supers: Vec<f32>,
 }
@@ -115,6 +116,9 @@ pub(crate) fn select(
     let n_super = nb
         .checked_div(span)
         .map_or(0, |n| n.min(sc.supers.len() / cols));
+    if n_super * cols != sc.supers.len() && n_super > 0 {
+        return None;
+    }
     let span = if n_super == 0 { 0 } else { span };
     // Blocks outside super-blocks.
     let loose = n_super * span..nb;
@@ -123,21 +127,27 @@ pub(crate) fn select(
         (t.iter().sum(), t.iter().copied().max().unwrap_or(0))
     };
     // Per column: the max and the unnormalized weights of the first-level candidates.
-    let mut col_mx = vec![f32::NEG_INFINITY; cols];
-    for s in 0..n_super {
-        for (m, &x) in col_mx.iter_mut().zip(&sc.supers[s * cols..(s + 1) * cols]) {
-            *m = m.max(x);
-        }
-    }
-    for b in loose.clone() {
-        for (m, &x) in col_mx.iter_mut().zip(&sc.blocks[b * cols..(b + 1) * cols]) {
-            *m = m.max(x);
-        }
-    }
+    let sup_col = |c: usize| &sc.supers[c * n_super..(c + 1) * n_super];
+    let loose_col = |c: usize| &sc.blocks[c * nb + loose.start..(c + 1) * nb];
+    let col_mx: Vec<f32> = (0..cols)
+        .map(|c| {
+            sup_col(c)
+                .iter()
+                .chain(loose_col(c))
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+        })
+        .collect();
     if col_mx.iter().any(|m| !m.is_finite()) {
         return None;
     }
-    let weight = |tok: usize, x: f32, c: usize| tok as f32 * (x - col_mx[c]).exp();
+    // One exp for every weight (the vector kernel's, lane-exact on one element), so that a
+    // super-block's key and its blocks' keys compare exactly as their scores do.
+    let ex = |x: f32, m: f32| {
+        let mut a = [x];
+        crate::kernels::exp_shift_sum(&mut a, m);
+        a[0]
+    };
+    let weight = |tok: usize, x: f32, c: usize| tok as f32 * ex(x, col_mx[c]);
     // First-level candidates `i`: super-blocks `0..n_super`, then the loose blocks. Per column,
     // their `exp(score − max)` in one vectorized pass (`e[c · n1 + i]`), the column sums of
     // `tokens · e` (the normalizers, also the certified rule's unselected mass to start from).
@@ -151,13 +161,8 @@ pub(crate) fn select(
     let mut cert_unsel = vec![0.0f64; cols];
     for c in 0..cols {
         let ec = &mut e[c * n1..(c + 1) * n1];
-        for (i, x) in ec.iter_mut().enumerate() {
-            *x = if i < n_super {
-                sc.supers[i * cols + c]
-            } else {
-                sc.blocks[(loose.start + i - n_super) * cols + c]
-            };
-        }
+        ec[..n_super].copy_from_slice(sup_col(c));
+        ec[n_super..].copy_from_slice(loose_col(c));
         crate::kernels::exp_shift_sum(ec, col_mx[c]);
         let mut sum = 0.0f64;
         for (x, &(tok, _)) in ec.iter().zip(&first_tokens) {
@@ -166,14 +171,71 @@ pub(crate) fn select(
         col_sum[c] = sum as f32;
         cert_unsel[c] = sum;
     }
+    let inv: Vec<f32> = col_sum
+        .iter()
+        .map(|s| 1.0 / (s * per_head as f32))
+        .collect();
     // A candidate's key for head `h` from its scores `x[s]` and token count.
     let key_of = |h: usize, x: &[f32], tok: usize| -> f32 {
         let mut k = 0.0f32;
         for (s, &v) in x.iter().enumerate() {
             let c = h * per_head + s;
-            k += weight(tok, v, c) / col_sum[c] / per_head as f32;
+            k += weight(tok, v, c) * inv[c];
         }
         k
+    };
+    // Forced for every head: block 0 (attention sinks) and the recent blocks.
+    let mut forced = vec![0usize];
+    let mut recent = 0usize;
+    for b in (0..nb).rev() {
+        if recent >= cfg.recent_tokens.max(1) {
+            break;
+        }
+        forced.push(b);
+        recent += tokens[b];
+    }
+    // At most this many blocks fit the budget (the forced ones and a short tail included).
+    let min_tokens = tokens.iter().copied().min().unwrap_or(1).max(1);
+    let max_blocks = (cfg.budget_tokens / min_tokens + forced.len() + 1).min(nb);
+    let all_heads = if n_kv == 32 {
+        u32::MAX
+    } else {
+        (1u32 << n_kv) - 1
+    };
+    // Heads whose certified mass can reach `cfg.mass` at this budget at all: a column's
+    // certificate is at most (its largest `max_blocks` first-level weights, a super-block's in
+    // full) / (all of them). The others are limited by the budget alone; their lower bounds
+    // are never computed and their counted mass stays 0 (a valid lower bound).
+    let heaviest = first_tokens.iter().map(|t| t.0).max().unwrap_or(0) as f64;
+    let certifiable: u32 = if lower.is_none() {
+        all_heads
+    } else {
+        let mut w: Vec<f32> = Vec::with_capacity(n1);
+        (0..n_kv)
+            .filter(|&h| {
+                let mut reach = 0.0f64;
+                for si in 0..per_head {
+                    let c = h * per_head + si;
+                    let k = max_blocks.min(n1);
+                    let total = cert_unsel[c].max(f64::MIN_POSITIVE);
+                    // k weights of at most `heaviest` each (exp ≤ 1) bound the top k.
+                    let top = if k as f64 * heaviest < total * cfg.mass as f64 {
+                        k as f64 * heaviest
+                    } else {
+                        let ec = &e[c * n1..(c + 1) * n1];
+                        w.clear();
+                        w.extend(ec.iter().zip(&first_tokens).map(|(x, t)| t.0 as f32 * x));
+                        if k < w.len() {
+                            w.select_nth_unstable_by(k, |a, b| b.total_cmp(a));
+                            w.truncate(k);
+                        }
+                        w.iter().map(|&x| x as f64).sum()
+                    };
+                    reach += (top / total).min(1.0);
+                }
+                reach / per_head as f64 >= cfg.mass as f64 - 1e-6
+            })
+            .fold(0u32, |m, h| m | (1 << h))
     };
     // expanded[s]: bit h set once head h scored super-block s's blocks.
     let mut expanded = vec![0u32; n_super];
@@ -191,8 +253,7 @@ pub(crate) fn select(
                     let mut key = 0.0f32;
                     for si in 0..per_head {
                         let c = h * per_head + si;
-                        key +=
-                            first_tokens[i].1 as f32 * e[c * n1 + i] / col_sum[c] / per_head as f32;
+                        key += first_tokens[i].1 as f32 * e[c * n1 + i] * inv[c];
                     }
                     let (first, is_super) = if i < n_super {
                         (i * span, true)
@@ -205,7 +266,19 @@ pub(crate) fn select(
                         is_super,
                     }
                 })
-                .collect();
+                .collect::<Vec<Cand>>();
+            // Without super-blocks a head pops at most the blocks it takes and the blocks
+            // others took (each ≤ max_blocks, or n_kv · max_blocks with per-head budgets):
+            // only that many leaders need to be in its heap.
+            let keep = match cfg.budget_scope {
+                BudgetScope::Union => 2 * max_blocks,
+                BudgetScope::Head => (n_kv + 1) * max_blocks,
+            } + 1;
+            let mut v = v;
+            if n_super == 0 && keep < v.len() {
+                v.select_nth_unstable_by(keep, |a, b| b.cmp(a));
+                v.truncate(keep);
+            }
             BinaryHeap::from(v)
         })
         .collect();
@@ -224,18 +297,18 @@ pub(crate) fn select(
         if lower.is_some() {
             for si in 0..per_head {
                 let c = h * per_head + si;
-                cert_unsel[c] -= weight(tok, sc.supers[s * cols + c], c) as f64;
+                cert_unsel[c] -= weight(tok, sc.supers[c * n_super + s], c) as f64;
             }
         }
         for (i, b) in (lo..hi).enumerate() {
             let x = &out[i * per_head..(i + 1) * per_head];
-            blocks[b * cols + h * per_head..b * cols + (h + 1) * per_head].copy_from_slice(x);
             // The block's weights give both its key and its share of the unselected mass.
             let mut key = 0.0f32;
             for (si, &v) in x.iter().enumerate() {
                 let c = h * per_head + si;
+                blocks[c * nb + b] = v;
                 let w = weight(tokens[b], v, c);
-                key += w / col_sum[c] / per_head as f32;
+                key += w * inv[c];
                 if lower.is_some() {
                     cert_unsel[c] += w as f64;
                 }
@@ -268,17 +341,22 @@ pub(crate) fn select(
                        expanded: &[u32],
                        cert_unsel: &mut [f64]| {
         if let Some(lower) = lower {
+            if heads & certifiable == 0 {
+                return;
+            }
             lower(b, &mut lb);
         }
         for (h, g) in got.iter_mut().enumerate() {
-            if heads & (1 << h) == 0 {
+            if heads & certifiable & (1 << h) == 0 {
                 continue;
             }
             // The block's own scores for this head: known unless its super-block is not
             // expanded for the head (then score just this block).
             let known = in_super(b).is_none_or(|s| expanded[s] & (1 << h) != 0);
             if known {
-                ub.copy_from_slice(&blocks[b * cols + h * per_head..b * cols + (h + 1) * per_head]);
+                for (s, u) in ub.iter_mut().enumerate() {
+                    *u = blocks[(h * per_head + s) * nb + b];
+                }
             } else {
                 upper(h, b, b + 1, &mut ub);
             }
@@ -299,21 +377,6 @@ pub(crate) fn select(
                 *g += key_of(h, &ub, tokens[b]);
             }
         }
-    };
-    // Forced for every head: block 0 (attention sinks) and the recent blocks.
-    let mut forced = vec![0usize];
-    let mut recent = 0usize;
-    for b in (0..nb).rev() {
-        if recent >= cfg.recent_tokens.max(1) {
-            break;
-        }
-        forced.push(b);
-        recent += tokens[b];
-    }
-    let all_heads = if n_kv == 32 {
-        u32::MAX
-    } else {
-        (1u32 << n_kv) - 1
     };
     let mut masks = vec![0u32; nb];
     let mut taken = Vec::new();

@@ -302,10 +302,11 @@ pub fn select_blocks_indexed(
     let upper = select::upper_from(scores, n_kv, per_head);
     let mut sc = flat_scores(scores, n_kv, per_head, tokens);
     sc.span = span;
-    sc.supers = supers.to_vec();
+    sc.supers = transpose(supers, cols);
     select::select(sc, &upper, Some(&lb), cfg).map(|s| (s.blocks, s.mass, s.expansions))
 }
 
+/// Row-major `[b · cols + c]` scores as a flat selection's column-major input.
 fn flat_scores<'a>(
     scores: &[f32],
     n_kv: usize,
@@ -316,10 +317,22 @@ fn flat_scores<'a>(
         n_kv,
         per_head,
         tokens,
-        blocks: scores.to_vec(),
+        blocks: transpose(scores, n_kv * per_head),
         span: 0,
         supers: Vec::new(),
     }
+}
+
+/// `[r · cols + c]` → `[c · rows + r]`.
+fn transpose(x: &[f32], cols: usize) -> Vec<f32> {
+    let rows = x.len().checked_div(cols).unwrap_or(0);
+    let mut t = vec![0.0f32; rows * cols];
+    for (r, row) in x.chunks_exact(cols.max(1)).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 impl TieredConfig {
@@ -1534,70 +1547,85 @@ impl TieredKv {
         };
         // Bounds of `count` rows for KV head `g`'s query heads into `out[hq · ldo + i]`, then
         // into score columns `dst[i · per_head + s]` (a Max column takes the group's largest).
-        let score_rows =
-            |g: usize, rows: &BoundTiles, a: usize, b: usize, dst: &mut [f32], stride: usize| {
-                let qs = &qpn[g * group * row..(g + 1) * group * row];
-                let count = b - a;
-                let mut out = vec![0.0f32; group * count];
-                rows.dots(qs, a, b, &mut out, count);
-                for i in 0..count {
-                    let d = &mut dst[i * stride..i * stride + per_head];
-                    d.fill(f32::NEG_INFINITY);
-                    for hq in 0..group {
-                        let x = out[hq * count + i];
-                        let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
-                        let c = &mut d[hq % per_head];
-                        *c = c.max(x);
+        // Bounds of rows `a..b` for KV head `g`'s query heads, into score columns: block `i`,
+        // column `s` at `dst[i · rs + s · cs]` (a Max column takes the group's largest; NaN
+        // bounds count as −∞).
+        let score_rows = |g: usize,
+                          rows: &BoundTiles,
+                          a: usize,
+                          b: usize,
+                          dst: &mut [f32],
+                          rs: usize,
+                          cs: usize| {
+            let qs = &qpn[g * group * row..(g + 1) * group * row];
+            let count = b - a;
+            let mut out = vec![0.0f32; group * count];
+            rows.dots(qs, a, b, &mut out, count);
+            let mut m = vec![f32::NAN; count];
+            for s in 0..per_head {
+                m.fill(f32::NAN);
+                for hq in (s..group).step_by(per_head) {
+                    for (x, &y) in m.iter_mut().zip(&out[hq * count..(hq + 1) * count]) {
+                        *x = x.max(y);
                     }
                 }
-            };
-        // The tail block's bound (it has no row yet).
-        let tail_score = |g: usize, dst: &mut [f32]| {
-            dst.fill(f32::NEG_INFINITY);
+                for (i, &x) in m.iter().enumerate() {
+                    dst[i * rs + s * cs] = if x.is_nan() { f32::NEG_INFINITY } else { x };
+                }
+            }
+        };
+        // The tail block's bound (it has no row yet), column `s` at `dst[s · cs]`.
+        let tail_score = |g: usize, dst: &mut [f32], cs: usize| {
+            for s in 0..per_head {
+                dst[s * cs] = f32::NEG_INFINITY;
+            }
             for hq in 0..group {
                 let q = &qpn[(g * group + hq) * row..(g * group + hq + 1) * row];
                 let x = l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
                 let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
-                let c = &mut dst[hq % per_head];
+                let c = &mut dst[(hq % per_head) * cs];
                 *c = c.max(x);
             }
         };
-        // First level: the super-blocks and every block after them, per KV head in parallel
-        // (`per_g[g]` holds head g's columns, `[super-blocks | blocks]`).
+        // First level: the super-blocks and every block after them, per KV head in parallel,
+        // column-major (`(sup, blk)[g]`: head g's columns over the super-blocks and over blocks
+        // `lo..nb`).
         let lo = n_super * SUPER_SPAN;
-        let mut per_g: Vec<Vec<f32>> = vec![Vec::new(); n_kv];
-        per_g.par_iter_mut().enumerate().for_each(|(g, v)| {
-            *v = vec![0.0f32; (n_super + nb - lo) * per_head];
-            let (sup, blk) = v.split_at_mut(n_super * per_head);
-            if n_super > 0 {
-                score_rows(g, &l.super_rows[g], 0, n_super, sup, per_head);
-            }
-            if n_sealed > lo {
-                score_rows(g, &l.bound_rows[g], lo, n_sealed, blk, per_head);
-            }
-            if nb > n_sealed {
-                tail_score(g, &mut blk[(nb - 1 - lo) * per_head..]);
-            }
-        });
+        let nl = nb - lo;
+        let mut per_g: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); n_kv];
+        per_g
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(g, (sup, blk))| {
+                *sup = vec![0.0f32; per_head * n_super];
+                *blk = vec![0.0f32; per_head * nl];
+                if n_super > 0 {
+                    score_rows(g, &l.super_rows[g], 0, n_super, sup, 1, n_super);
+                }
+                if n_sealed > lo {
+                    score_rows(g, &l.bound_rows[g], lo, n_sealed, blk, 1, nl);
+                }
+                if nb > n_sealed {
+                    tail_score(g, &mut blk[nb - 1 - lo..], nl);
+                }
+            });
         let mut blocks = vec![0.0f32; nb * cols];
-        let mut supers = vec![0.0f32; n_super * cols];
-        for (g, v) in per_g.iter().enumerate() {
-            let (sup, blk) = v.split_at(n_super * per_head);
-            for (s, x) in sup.chunks_exact(per_head).enumerate() {
-                supers[s * cols + g * per_head..][..per_head].copy_from_slice(x);
-            }
-            for (i, x) in blk.chunks_exact(per_head).enumerate() {
-                blocks[(lo + i) * cols + g * per_head..][..per_head].copy_from_slice(x);
+        let mut supers = Vec::with_capacity(n_super * cols);
+        for (g, (sup, blk)) in per_g.iter().enumerate() {
+            supers.extend_from_slice(sup);
+            for s in 0..per_head {
+                let c = g * per_head + s;
+                blocks[c * nb + lo..(c + 1) * nb].copy_from_slice(&blk[s * nl..(s + 1) * nl]);
             }
         }
         // Second level, on demand: blocks `a..b` of KV head `g` (inside the sealed ones).
         let upper = |g: usize, a: usize, b: usize, out: &mut [f32]| {
             let sealed_end = b.min(n_sealed);
             if sealed_end > a {
-                score_rows(g, &l.bound_rows[g], a, sealed_end, out, per_head);
+                score_rows(g, &l.bound_rows[g], a, sealed_end, out, per_head, 1);
             }
             for i in sealed_end.max(a)..b {
-                tail_score(g, &mut out[(i - a) * per_head..(i - a + 1) * per_head]);
+                tail_score(g, &mut out[(i - a) * per_head..(i - a + 1) * per_head], 1);
             }
         };
         // Lower bounds of a block's logits, for the certified mass rule (computed only for the
