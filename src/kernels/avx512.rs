@@ -816,31 +816,73 @@ pub(super) fn dots_multi(
     }
 }
 
-/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·16 + i]` (a column-major tile of 16 columns, the
-/// first `c` written): one 16-lane accumulator per query, four queries per tile row load, one
-/// FMA per element in `j` order (the scalar order, lane by lane: no horizontal sums).
+/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·16 + i]` (a column-major int8 tile of 16
+/// columns, the first `c` written): per tile row one 16-byte load widened to 16 floats, then one
+/// FMA per query (up to eight queries per pass, each its own 16-lane accumulator), in `j`
+/// order — the scalar order, lane by lane: no horizontal sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) fn col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) {
-    let nq = qs.len() / n.max(1);
+pub(super) fn col_dots_i8(
+    qt: &[f32],
+    nq: usize,
+    tile: &[i8],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let n = qt.len() / nq.max(1);
     let (rows, _) = tile[..n * 16].as_chunks::<16>();
     let mask: __mmask16 = if c >= 16 { 0xffff } else { (1u16 << c) - 1 };
     let mut q0 = 0;
     while q0 < nq {
-        let m = (nq - q0).min(4);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (j, r) in rows.iter().enumerate() {
-            let rv = ld_ps(r);
-            for (k, a) in acc.iter_mut().enumerate().take(m) {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(qs[(q0 + k) * n + j]), rv, *a);
-            }
-        }
-        for (k, a) in acc.iter().enumerate().take(m) {
-            let o = &mut out[(q0 + k) * ldo..(q0 + k) * ldo + c];
-            // SAFETY: the masked store writes only lanes `< c`, all inside `o` (len `c`).
-            unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, *a) };
+        let m = (nq - q0).min(8);
+        let o = &mut out[q0 * ldo..];
+        let q = &qt[q0..];
+        match m {
+            8 => col_pass_i8::<8>(q, nq, rows, o, ldo, c, mask),
+            7 => col_pass_i8::<7>(q, nq, rows, o, ldo, c, mask),
+            6 => col_pass_i8::<6>(q, nq, rows, o, ldo, c, mask),
+            5 => col_pass_i8::<5>(q, nq, rows, o, ldo, c, mask),
+            4 => col_pass_i8::<4>(q, nq, rows, o, ldo, c, mask),
+            3 => col_pass_i8::<3>(q, nq, rows, o, ldo, c, mask),
+            2 => col_pass_i8::<2>(q, nq, rows, o, ldo, c, mask),
+            _ => col_pass_i8::<1>(q, nq, rows, o, ldo, c, mask),
         }
         q0 += m;
     }
+}
+
+/// One pass of [`col_dots_i8`] over `M` queries (`qt[j·ld + k]`), an accumulator each.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn col_pass_i8<const M: usize>(
+    qt: &[f32],
+    ld: usize,
+    rows: &[[i8; 16]],
+    out: &mut [f32],
+    ldo: usize,
+    c: usize,
+    mask: __mmask16,
+) {
+    let mut acc = [_mm512_setzero_ps(); M];
+    for (j, r) in rows.iter().enumerate() {
+        let qj: &[f32; M] = qt[j * ld..j * ld + M].try_into().expect("M queries");
+        let rv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld_128(bytemuck_i8(r))));
+        for (a, &q) in acc.iter_mut().zip(qj) {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(q), rv, *a);
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        let o = &mut out[k * ldo..k * ldo + c];
+        // SAFETY: the masked store writes only lanes `< c`, all inside `o` (len `c`).
+        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, *a) };
+    }
+}
+
+/// The same 16 bytes seen as unsigned (the widening instruction sign-extends them).
+#[inline]
+fn bytemuck_i8(r: &[i8; 16]) -> &[u8; 16] {
+    // SAFETY: i8 and u8 have the same size and alignment, every bit pattern is valid for both.
+    unsafe { &*(r as *const [i8; 16] as *const [u8; 16]) }
 }
 
 /// Four accumulators (or fewer: `nq`) of `16·N` floats kept in registers over `c` value rows.
@@ -950,7 +992,7 @@ pub(super) mod checked {
         exp_shift_sum(x: &mut [f32], m: f32) -> f32;
         e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
         dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
-        col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
+        col_dots_i8(qt: &[f32], nq: usize, tile: &[i8], c: usize, out: &mut [f32], ldo: usize) -> ();
         axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

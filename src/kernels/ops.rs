@@ -129,38 +129,46 @@ pub fn dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32],
     dots_multi_at(simd_level(), qs, d, keys, c, out, ldo)
 }
 
-/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·COL_TILE + i]` for every query `q < qs.len() / n`
-/// and column `i < c ≤ COL_TILE` of a column-major tile (`n` rows of [`COL_TILE`] floats): the
-/// scores of a group of queries against up to 16 vectors stored as columns, without horizontal
-/// sums. Every level sums the products in `j` order with one FMA each, so all levels agree
-/// bit for bit. Panics (caller contract) if a slice is too short or `c > COL_TILE`.
-pub fn col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) {
-    col_dots_at(simd_level(), qs, n, tile, c, out, ldo)
+/// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·COL_TILE + i]` for the `nq` queries, stored
+/// transposed (`n = qt.len() / nq` elements each), and every column `i < c ≤ COL_TILE` of a
+/// column-major int8 tile (`n` rows of [`COL_TILE`] bytes): the scores of a group of queries
+/// against up to 16 quantized vectors stored as columns (the caller folds the scales into the
+/// queries), without horizontal sums. Every level sums the products in `j` order with one FMA
+/// each, so all levels agree bit for bit. Panics (caller contract) if a slice is too short or
+/// `c > COL_TILE`.
+pub fn col_dots_i8(qt: &[f32], nq: usize, tile: &[i8], c: usize, out: &mut [f32], ldo: usize) {
+    col_dots_i8_at(simd_level(), qt, nq, tile, c, out, ldo)
 }
 
-/// [`col_dots`] at an explicit SIMD level (panics if the CPU lacks it).
-pub fn col_dots_at(
+/// [`col_dots_i8`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn col_dots_i8_at(
     level: SimdLevel,
-    qs: &[f32],
-    n: usize,
-    tile: &[f32],
+    qt: &[f32],
+    nq: usize,
+    tile: &[i8],
     c: usize,
     out: &mut [f32],
     ldo: usize,
 ) {
     assert_available(level);
-    assert!(n > 0 && qs.len().is_multiple_of(n), "col_dots: queries");
-    assert!(c <= super::COL_TILE, "col_dots: more than COL_TILE columns");
+    assert!(
+        nq > 0 && qt.len().is_multiple_of(nq),
+        "col_dots_i8: queries"
+    );
+    let n = qt.len() / nq;
+    assert!(
+        c <= super::COL_TILE,
+        "col_dots_i8: more than COL_TILE columns"
+    );
     assert!(
         tile.len() >= n * super::COL_TILE,
-        "col_dots: tile too short"
+        "col_dots_i8: tile too short"
     );
-    let nq = qs.len() / n;
     assert!(
-        nq == 0 || c == 0 || (ldo >= c && out.len() >= (nq - 1) * ldo + c),
-        "col_dots: out too short"
+        c == 0 || (ldo >= c && out.len() >= (nq - 1) * ldo + c),
+        "col_dots_i8: out too short"
     );
-    at_level!(level, col_dots(qs, n, tile, c, out, ldo))
+    at_level!(level, col_dots_i8(qt, nq, tile, c, out, ldo))
 }
 
 /// [`dots_multi`] at an explicit SIMD level (panics if the CPU lacks it).

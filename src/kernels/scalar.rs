@@ -208,16 +208,25 @@ pub(crate) fn dots_multi(
     }
 }
 
-/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·COL_TILE + i]` for the `qs.len() / n` queries
-/// and the first `c` columns of a column-major tile (products summed in `j` order).
-pub(crate) fn col_dots(qs: &[f32], n: usize, tile: &[f32], c: usize, out: &mut [f32], ldo: usize) {
-    for (qi, q) in qs.chunks_exact(n).enumerate() {
+/// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·COL_TILE + i]` for the `nq` queries (stored
+/// transposed) and the first `c` columns of a column-major int8 tile (products summed in `j`
+/// order).
+pub(crate) fn col_dots_i8(
+    qt: &[f32],
+    nq: usize,
+    tile: &[i8],
+    c: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let n = qt.len() / nq.max(1);
+    for q in 0..nq {
         for i in 0..c {
             let mut acc = 0.0f32;
-            for (j, &x) in q.iter().enumerate() {
-                acc = x.mul_add(tile[j * super::COL_TILE + i], acc);
+            for j in 0..n {
+                acc = qt[j * nq + q].mul_add(tile[j * super::COL_TILE + i] as f32, acc);
             }
-            out[qi * ldo + i] = acc;
+            out[q * ldo + i] = acc;
         }
     }
 }

@@ -507,15 +507,24 @@ pub(crate) fn upper_from(
     }
 }
 
-/// Rows of `n` floats kept as column-major tiles of [`COL_TILE`] rows (row `r`, element `j`
-/// at `data[(r / T)·n·T + j·T + r % T]`), so that scoring 16 rows against a query group is one
-/// [`crate::kernels::col_dots`] call with no horizontal sums. Unused columns of the last tile
-/// hold zeros or stale values and are never returned.
+/// Key-bound rows `[max | min]` of `n = 2·d` values kept as column-major int8 tiles of
+/// [`COL_TILE`] rows (row `r`, element `j` at `q[(r / T)·n·T + j·T + r % T]`) with one scale
+/// per tile and element, so that scoring 16 blocks against a query group is one
+/// [`crate::kernels::col_dots_i8`] call (no horizontal sums) over a quarter of the f32 bytes.
+///
+/// Invariants: quantization rounds *outwards* (a `max` element up, a `min` element down, with
+/// `scale = max|x| / 127` over the tile's rows at that element), so a dequantized row still
+/// bounds every key of its block; the last, incomplete tile keeps its f32 rows and is
+/// requantized on every push (its scales grow with its rows); unused columns of the last tile
+/// hold zeros and are never returned.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BoundTiles {
     n: usize,
     rows: usize,
-    data: Vec<f32>,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    /// The f32 rows of the incomplete last tile, column-major like a tile.
+    open: Vec<f32>,
 }
 
 impl BoundTiles {
@@ -523,7 +532,9 @@ impl BoundTiles {
         BoundTiles {
             n,
             rows: 0,
-            data: Vec::new(),
+            q: Vec::new(),
+            scales: Vec::new(),
+            open: vec![0.0; n * COL_TILE],
         }
     }
 
@@ -532,93 +543,141 @@ impl BoundTiles {
         self.rows
     }
 
+    /// Quantize the open tile (`rows % T` rows, or a full one) into tile `t`.
+    fn requantize(&mut self, t: usize) {
+        let (n, c) = (self.n, self.rows - t * COL_TILE);
+        let half = n / 2;
+        for j in 0..n {
+            let col = &self.open[j * COL_TILE..j * COL_TILE + c];
+            let maxabs = col.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            // Slightly above max/127 so that |x / scale| < 127 after rounding.
+            let scale = maxabs / 127.0 * (1.0 + 1e-6);
+            self.scales[t * n + j] = scale;
+            for (i, &x) in col.iter().enumerate() {
+                let r = if scale > 0.0 { x / scale } else { 0.0 };
+                let r = if j < half { r.ceil() } else { r.floor() };
+                self.q[t * n * COL_TILE + j * COL_TILE + i] = r.clamp(-127.0, 127.0) as i8;
+            }
+        }
+    }
+
     /// Append one row (`row.len() == n`).
     pub fn push(&mut self, row: &[f32]) {
         let (n, r) = (self.n, self.rows);
+        let t = r / COL_TILE;
         if r.is_multiple_of(COL_TILE) {
-            self.data.resize(self.data.len() + n * COL_TILE, 0.0);
+            self.q.resize(self.q.len() + n * COL_TILE, 0);
+            self.scales.resize(self.scales.len() + n, 0.0);
+            self.open.fill(0.0);
         }
-        let base = (r / COL_TILE) * n * COL_TILE + r % COL_TILE;
         for (j, &x) in row.iter().enumerate().take(n) {
-            self.data[base + j * COL_TILE] = x;
+            self.open[j * COL_TILE + r % COL_TILE] = x;
         }
         self.rows += 1;
+        self.requantize(t);
     }
 
-    /// Keep the first `rows` rows.
+    /// Keep the first `rows` rows. A tile cut open continues from its dequantized rows (still
+    /// bounds of their blocks).
     pub fn truncate(&mut self, rows: usize) {
-        if rows < self.rows {
-            self.rows = rows;
-            self.data
-                .truncate(rows.div_ceil(COL_TILE) * self.n * COL_TILE);
+        if rows >= self.rows {
+            return;
+        }
+        let n = self.n;
+        let tiles = rows.div_ceil(COL_TILE);
+        self.q.truncate(tiles * n * COL_TILE);
+        self.scales.truncate(tiles * n);
+        self.rows = rows;
+        self.open.fill(0.0);
+        if !rows.is_multiple_of(COL_TILE) {
+            let t = rows / COL_TILE;
+            let mut r = vec![0.0f32; n];
+            for i in 0..rows % COL_TILE {
+                self.row(t * COL_TILE + i, &mut r);
+                for (j, &x) in r.iter().enumerate() {
+                    self.open[j * COL_TILE + i] = x;
+                }
+            }
+            self.requantize(t);
         }
     }
 
-    /// Row `r` into `out` (`out.len() >= n`).
+    /// Row `r`, dequantized, into `out` (`out.len() >= n`).
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
-        for (j, o) in out.iter_mut().enumerate().take(self.n) {
-            *o = self.data[base + j * COL_TILE];
+        let (n, t) = (self.n, r / COL_TILE);
+        let base = t * n * COL_TILE + r % COL_TILE;
+        for (j, o) in out.iter_mut().enumerate().take(n) {
+            *o = self.q[base + j * COL_TILE] as f32 * self.scales[t * n + j];
         }
     }
 
-    /// Tile `t` (rows `t·T .. t·T + T`), `n · T` floats.
-    pub fn tile(&self, t: usize) -> &[f32] {
-        &self.data[t * self.n * COL_TILE..(t + 1) * self.n * COL_TILE]
-    }
-
-    /// `out[q·ldo + (r − lo)] = qs[q] · row r` for rows `lo..hi` and the `qs.len() / n` queries.
-    /// Whole stretches of a tile go through `col_dots`; a few rows of a tile are gathered and
-    /// dotted one by one.
+    /// `out[q·ldo + (r − lo)] = qs[q] · row r` (dequantized) for rows `lo..hi` and the
+    /// `qs.len() / n` queries: per tile the queries are scaled by the tile's scales once and
+    /// dotted with its int8 columns.
     pub fn dots(&self, qs: &[f32], lo: usize, hi: usize, out: &mut [f32], ldo: usize) {
         let n = self.n;
         let nq = qs.len() / n.max(1);
+        if nq == 0 {
+            return;
+        }
+        // The queries transposed once (`[j][q]`), then scaled per tile.
+        let mut qt = vec![0.0f32; n * nq];
+        for (q, row) in qs.chunks_exact(n).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                qt[j * nq + q] = x;
+            }
+        }
+        let mut scaled = vec![0.0f32; n * nq];
         let mut tmp = Vec::new();
-        let mut row = Vec::new();
         let mut r = lo;
         while r < hi {
             let t = r / COL_TILE;
             let end = ((t + 1) * COL_TILE).min(hi);
-            if r.is_multiple_of(COL_TILE) && ldo >= end - r {
+            let sc = &self.scales[t * n..(t + 1) * n];
+            for ((d, q), &s) in scaled.chunks_exact_mut(nq).zip(qt.chunks_exact(nq)).zip(sc) {
+                for (d, &q) in d.iter_mut().zip(q) {
+                    *d = q * s;
+                }
+            }
+            let tile = &self.q[t * n * COL_TILE..(t + 1) * n * COL_TILE];
+            if r.is_multiple_of(COL_TILE) {
                 // A tile from its first row: straight into `out`.
                 let o = &mut out[r - lo..];
-                crate::kernels::col_dots(qs, n, self.tile(t), end - r, o, ldo);
-            } else if end - r >= 4 {
+                crate::kernels::col_dots_i8(&scaled, nq, tile, end - r, o, ldo);
+            } else {
                 let c = end - t * COL_TILE;
                 tmp.resize(nq * COL_TILE, 0.0);
-                crate::kernels::col_dots(qs, n, self.tile(t), c, &mut tmp, COL_TILE);
+                crate::kernels::col_dots_i8(&scaled, nq, tile, c, &mut tmp, COL_TILE);
                 for q in 0..nq {
                     out[q * ldo + r - lo..q * ldo + end - lo]
                         .copy_from_slice(&tmp[q * COL_TILE + r % COL_TILE..q * COL_TILE + c]);
-                }
-            } else {
-                row.resize(n, 0.0);
-                for i in r..end {
-                    self.row(i, &mut row);
-                    for (q, qv) in qs.chunks_exact(n).enumerate() {
-                        out[q * ldo + i - lo] = crate::kernels::dot_f32(qv, &row);
-                    }
                 }
             }
             r = end;
         }
     }
 
-    /// The bounds of the union of tile `t`'s rows, for rows `[max | min]` of `2·d`: the
-    /// elementwise max of the first halves and min of the second halves.
+    /// The bounds of the union of tile `t`'s rows (dequantized), for rows `[max | min]` of
+    /// `2·d`: the elementwise max of the first halves and min of the second halves.
     pub fn union_row(&self, t: usize, d: usize) -> Vec<f32> {
-        let tile = self.tile(t);
         let c = (self.rows - t * COL_TILE).min(COL_TILE);
-        (0..2 * d)
+        let mut acc: Vec<f32> = (0..2 * d)
             .map(|j| {
-                let col = &tile[j * COL_TILE..j * COL_TILE + c];
                 if j < d {
-                    col.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                    f32::NEG_INFINITY
                 } else {
-                    col.iter().copied().fold(f32::INFINITY, f32::min)
+                    f32::INFINITY
                 }
             })
-            .collect()
+            .collect();
+        let mut r = vec![0.0f32; self.n];
+        for i in 0..c {
+            self.row(t * COL_TILE + i, &mut r);
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = if j < d { a.max(r[j]) } else { a.min(r[j]) };
+            }
+        }
+        acc
     }
 }
 
@@ -636,27 +695,51 @@ mod tests {
             .collect()
     }
 
+    /// Rows `[max | min]` of 2·5 whose halves bound the same keys (max ≥ min).
+    fn bound_rows(count: usize, seed: u32) -> Vec<Vec<f32>> {
+        rows(5, count, seed)
+            .into_iter()
+            .map(|lo| {
+                let hi: Vec<f32> = lo.iter().map(|x| x + 3.5).collect();
+                hi.into_iter().chain(lo).collect()
+            })
+            .collect()
+    }
+
     #[test]
-    fn bound_tiles_store_rows_and_score_any_range() {
+    fn bound_tiles_round_outwards_and_score_any_range() {
         let n = 10;
         let mut t = BoundTiles::new(n);
-        let data = rows(n, 37, 1);
+        let data = bound_rows(37, 1);
         for r in &data {
             t.push(r);
         }
         t.truncate(20);
         assert_eq!(t.len(), 20);
-        let more = rows(n, 21, 2);
+        let more = bound_rows(21, 2);
         for r in &more {
             t.push(r);
         }
         let all: Vec<&Vec<f32>> = data[..20].iter().chain(&more).collect();
         assert_eq!(t.len(), all.len());
+        // Dequantized rows still bound: max half rounded up, min half down, by less than one
+        // step (the largest magnitude / 127 of that element in the tile; a cut-open tile
+        // was requantized from dequantized rows, so allow two steps there).
         let mut got = vec![0.0f32; n];
+        let mut deq = Vec::new();
         for (i, r) in all.iter().enumerate() {
             t.row(i, &mut got);
-            assert_eq!(&got, *r);
+            for j in 0..n {
+                let step = 14.5 / 127.0 * 2.0 + 1e-5;
+                if j < 5 {
+                    assert!(got[j] >= r[j] && got[j] - r[j] <= step, "row {i} el {j}");
+                } else {
+                    assert!(got[j] <= r[j] && r[j] - got[j] <= step, "row {i} el {j}");
+                }
+            }
+            deq.push(got.clone());
         }
+        // Scores equal the dots with the dequantized rows (to rounding), any range.
         let qs: Vec<f32> = (0..3 * n).map(|i| (i % 5) as f32 - 2.0).collect();
         for (lo, hi) in [
             (0, 41),
@@ -672,16 +755,20 @@ mod tests {
             t.dots(&qs, lo, hi, &mut out, ldo);
             for q in 0..3 {
                 for r in lo..hi {
-                    let want: f32 = (0..n).map(|j| qs[q * n + j] * all[r][j]).sum();
-                    assert_eq!(out[q * ldo + r - lo], want, "{lo}..{hi} q{q} r{r}");
+                    let want: f32 = (0..n).map(|j| qs[q * n + j] * deq[r][j]).sum();
+                    let got = out[q * ldo + r - lo];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{got} {want}"
+                    );
                 }
                 assert!(out[q * ldo + hi - lo].is_nan());
             }
         }
-        // The union of tile 1 (rows 16..32) as [max | min] rows of 2·5.
+        // The union of tile 1 (rows 16..32): max of the max halves, min of the min halves.
         let u = t.union_row(1, 5);
         for j in 0..n {
-            let col = all[16..32].iter().map(|r| r[j]);
+            let col = deq[16..32].iter().map(|r| r[j]);
             let want = if j < 5 {
                 col.fold(f32::NEG_INFINITY, f32::max)
             } else {
