@@ -327,23 +327,25 @@ fn kernels_e4m3_decode_matches_the_table_at_every_level() {
     }
 }
 
-/// `col_dots_i8` (queries against a column-major int8 tile of up to 16 rows) at every level is
+/// `col_dots_bf16` (queries against a column-major bf16 tile of up to 16 rows) at every level is
 /// bit-equal to the scalar reference (one FMA per element in the same order), within the
 /// summation bound of the exact dot, on awkward row lengths, query counts and column counts,
 /// and never writes past column `c`.
 #[test]
-fn kernels_col_dots_i8_every_level_matches_scalar_bit_for_bit() {
+fn kernels_col_dots_bf16_every_level_matches_scalar_bit_for_bit() {
     let mut rng = Rng(33);
     for &n in &[1usize, 3, 16, 17, 64, 128, 130] {
         for &nq in &[1usize, 2, 3, 4, 5, 8, 9, 17] {
             for &c in &[0usize, 1, 7, 15, 16] {
                 let qs = rng.vec(nq * n, 1.0);
-                let tile: Vec<i8> = rng
-                    .vec(n * kernels::COL_TILE, 127.0)
+                let tile: Vec<u16> = rng
+                    .vec(n * kernels::COL_TILE, 4.0)
                     .iter()
-                    .map(|x| x.round().clamp(-127.0, 127.0) as i8)
+                    .map(|x| (x.to_bits() >> 16) as u16)
                     .collect();
-                let at = |j: usize, i: usize| tile[j * kernels::COL_TILE + i] as f64;
+                let at = |j: usize, i: usize| {
+                    f32::from_bits((tile[j * kernels::COL_TILE + i] as u32) << 16) as f64
+                };
                 // The kernel takes the queries transposed: qt[j·nq + q].
                 let mut qt = vec![0.0f32; n * nq];
                 for q in 0..nq {
@@ -353,7 +355,7 @@ fn kernels_col_dots_i8_every_level_matches_scalar_bit_for_bit() {
                 }
                 let ldo = c + 3;
                 let mut want = vec![f32::NAN; nq * ldo];
-                kernels::col_dots_i8_at(SimdLevel::Scalar, &qt, nq, &tile, c, &mut want, ldo);
+                kernels::col_dots_bf16_at(SimdLevel::Scalar, &qt, nq, &tile, c, &mut want, ldo);
                 for qi in 0..nq {
                     for i in 0..c {
                         let exact: f64 = (0..n).map(|j| qs[qi * n + j] as f64 * at(j, i)).sum();
@@ -367,7 +369,7 @@ fn kernels_col_dots_i8_every_level_matches_scalar_bit_for_bit() {
                 }
                 for level in SimdLevel::available() {
                     let mut out = vec![f32::NAN; nq * ldo];
-                    kernels::col_dots_i8_at(level, &qt, nq, &tile, c, &mut out, ldo);
+                    kernels::col_dots_bf16_at(level, &qt, nq, &tile, c, &mut out, ldo);
                     assert!(
                         out.iter()
                             .zip(&want)

@@ -675,32 +675,35 @@ pub(super) fn e4m3_decode(src: &[u8], out: &mut [f32]) {
     super::scalar::e4m3_decode(st, ot);
 }
 
-/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·16 + i]` (a column-major int8 tile of 16
-/// columns, the first `c` written): per tile row two 8-byte halves widened to floats, then two
-/// FMAs per query (up to four queries per pass), in `j` order — the scalar order, lane by lane.
+/// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·16 + i]` (a column-major bf16 tile of 16
+/// columns, the first `c` written; queries transposed): per tile row two 8-value halves widened
+/// to floats, then two FMAs per query (up to four queries per pass), in `j` order — the scalar
+/// order, lane by lane.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn col_dots_i8(
+pub(super) fn col_dots_bf16(
     qt: &[f32],
     nq: usize,
-    tile: &[i8],
+    tile: &[u16],
     c: usize,
     out: &mut [f32],
     ldo: usize,
 ) {
     let n = qt.len() / nq.max(1);
-    let (rows, _) = tile[..n * 16].as_chunks::<16>();
+    let (rows, _) = tile[..n * 16].as_chunks::<8>();
+    let widen = |h: &[u16; 8]| {
+        let mut b = [0u8; 16];
+        for (d, x) in b.chunks_exact_mut(2).zip(h) {
+            d.copy_from_slice(&x.to_le_bytes());
+        }
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld_128(&b))))
+    };
     let mut q0 = 0;
     while q0 < nq {
         let m = (nq - q0).min(4);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for (j, r) in rows.iter().enumerate() {
-            let mut b = [0u8; 16];
-            for (d, &x) in b.iter_mut().zip(r) {
-                *d = x as u8;
-            }
-            let v = ld_128(&b);
-            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(v)));
+        for j in 0..n {
+            let lo = widen(&rows[2 * j]);
+            let hi = widen(&rows[2 * j + 1]);
             for (k, a) in acc.iter_mut().enumerate().take(m) {
                 let qv = _mm256_set1_ps(qt[j * nq + q0 + k]);
                 a[0] = _mm256_fmadd_ps(qv, lo, a[0]);
@@ -784,7 +787,7 @@ pub(super) mod checked {
         exp_shift_sum(x: &mut [f32], m: f32) -> f32;
         e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
         dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
-        col_dots_i8(qt: &[f32], nq: usize, tile: &[i8], c: usize, out: &mut [f32], ldo: usize) -> ();
+        col_dots_bf16(qt: &[f32], nq: usize, tile: &[u16], c: usize, out: &mut [f32], ldo: usize) -> ();
         axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

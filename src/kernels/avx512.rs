@@ -816,15 +816,15 @@ pub(super) fn dots_multi(
     }
 }
 
-/// `out[q·ldo + i] = Σ_j qs[q·n + j] · tile[j·16 + i]` (a column-major int8 tile of 16
-/// columns, the first `c` written): per tile row one 16-byte load widened to 16 floats, then one
-/// FMA per query (up to eight queries per pass, each its own 16-lane accumulator), in `j`
-/// order — the scalar order, lane by lane: no horizontal sums.
+/// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·16 + i]` (a column-major bf16 tile of 16
+/// columns, the first `c` written; queries transposed): per tile row one 32-byte load widened
+/// to 16 floats, then one FMA per query (up to eight queries per pass, each its own 16-lane
+/// accumulator), in `j` order — the scalar order, lane by lane: no horizontal sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(super) fn col_dots_i8(
+pub(super) fn col_dots_bf16(
     qt: &[f32],
     nq: usize,
-    tile: &[i8],
+    tile: &[u16],
     c: usize,
     out: &mut [f32],
     ldo: usize,
@@ -838,26 +838,26 @@ pub(super) fn col_dots_i8(
         let o = &mut out[q0 * ldo..];
         let q = &qt[q0..];
         match m {
-            8 => col_pass_i8::<8>(q, nq, rows, o, ldo, c, mask),
-            7 => col_pass_i8::<7>(q, nq, rows, o, ldo, c, mask),
-            6 => col_pass_i8::<6>(q, nq, rows, o, ldo, c, mask),
-            5 => col_pass_i8::<5>(q, nq, rows, o, ldo, c, mask),
-            4 => col_pass_i8::<4>(q, nq, rows, o, ldo, c, mask),
-            3 => col_pass_i8::<3>(q, nq, rows, o, ldo, c, mask),
-            2 => col_pass_i8::<2>(q, nq, rows, o, ldo, c, mask),
-            _ => col_pass_i8::<1>(q, nq, rows, o, ldo, c, mask),
+            8 => col_pass_bf16::<8>(q, nq, rows, o, ldo, c, mask),
+            7 => col_pass_bf16::<7>(q, nq, rows, o, ldo, c, mask),
+            6 => col_pass_bf16::<6>(q, nq, rows, o, ldo, c, mask),
+            5 => col_pass_bf16::<5>(q, nq, rows, o, ldo, c, mask),
+            4 => col_pass_bf16::<4>(q, nq, rows, o, ldo, c, mask),
+            3 => col_pass_bf16::<3>(q, nq, rows, o, ldo, c, mask),
+            2 => col_pass_bf16::<2>(q, nq, rows, o, ldo, c, mask),
+            _ => col_pass_bf16::<1>(q, nq, rows, o, ldo, c, mask),
         }
         q0 += m;
     }
 }
 
-/// One pass of [`col_dots_i8`] over `M` queries (`qt[j·ld + k]`), an accumulator each.
+/// One pass of [`col_dots_bf16`] over `M` queries (`qt[j·ld + k]`), an accumulator each.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn col_pass_i8<const M: usize>(
+fn col_pass_bf16<const M: usize>(
     qt: &[f32],
     ld: usize,
-    rows: &[[i8; 16]],
+    rows: &[[u16; 16]],
     out: &mut [f32],
     ldo: usize,
     c: usize,
@@ -866,7 +866,8 @@ fn col_pass_i8<const M: usize>(
     let mut acc = [_mm512_setzero_ps(); M];
     for (j, r) in rows.iter().enumerate() {
         let qj: &[f32; M] = qt[j * ld..j * ld + M].try_into().expect("M queries");
-        let rv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld_128(bytemuck_i8(r))));
+        let wide = _mm512_cvtepu16_epi32(ld_256(bytes_u16(r)));
+        let rv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide));
         for (a, &q) in acc.iter_mut().zip(qj) {
             *a = _mm512_fmadd_ps(_mm512_set1_ps(q), rv, *a);
         }
@@ -878,11 +879,12 @@ fn col_pass_i8<const M: usize>(
     }
 }
 
-/// The same 16 bytes seen as unsigned (the widening instruction sign-extends them).
+/// Sixteen u16 as their 32 bytes (little-endian, as the widening load reads them).
 #[inline]
-fn bytemuck_i8(r: &[i8; 16]) -> &[u8; 16] {
-    // SAFETY: i8 and u8 have the same size and alignment, every bit pattern is valid for both.
-    unsafe { &*(r as *const [i8; 16] as *const [u8; 16]) }
+fn bytes_u16(r: &[u16; 16]) -> &[u8; 32] {
+    // SAFETY: [u16; 16] and [u8; 32] have the same size, u8 has alignment 1, and every bit
+    // pattern is a valid u8.
+    unsafe { &*(r as *const [u16; 16] as *const [u8; 32]) }
 }
 
 /// Four accumulators (or fewer: `nq`) of `16·N` floats kept in registers over `c` value rows.
@@ -992,7 +994,7 @@ pub(super) mod checked {
         exp_shift_sum(x: &mut [f32], m: f32) -> f32;
         e4m3_decode(src: &[u8], out: &mut [f32]) -> ();
         dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32], ldo: usize) -> ();
-        col_dots_i8(qt: &[f32], nq: usize, tile: &[i8], c: usize, out: &mut [f32], ldo: usize) -> ();
+        col_dots_bf16(qt: &[f32], nq: usize, tile: &[u16], c: usize, out: &mut [f32], ldo: usize) -> ();
         axpys_multi(w: &[f32], ldw: usize, values: &[f32], c: usize, accs: &mut [f32], d: usize) -> ();
     }
 }

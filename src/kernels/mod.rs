@@ -80,12 +80,12 @@ pub use dispatch::{avx512_vnni_detected, resolve_level, simd_level, SimdLevel, S
 pub use matmul::{
     dequant_row_at, dot_row, dot_row_at, matmat, matmat_at, matvec, matvec_at, matvec_serial,
 };
-/// Columns of a column-major tile ([`col_dots_i8`]).
+/// Columns of a column-major tile ([`col_dots_bf16`]).
 pub const COL_TILE: usize = 16;
 
 pub use ops::{
-    axpy, axpy_at, axpys_multi, axpys_multi_at, col_dots_i8, col_dots_i8_at, dot_f32, dot_f32_at,
-    dots_multi, dots_multi_at, e4m3_decode, e4m3_decode_at, exp_shift_sum, exp_shift_sum_at,
-    rmsnorm, rmsnorm_at, silu, softmax_inplace, swiglu_inplace,
+    axpy, axpy_at, axpys_multi, axpys_multi_at, col_dots_bf16, col_dots_bf16_at, dot_f32,
+    dot_f32_at, dots_multi, dots_multi_at, e4m3_decode, e4m3_decode_at, exp_shift_sum,
+    exp_shift_sum_at, rmsnorm, rmsnorm_at, silu, softmax_inplace, swiglu_inplace,
 };
 pub use rope::{rope_inplace, RopeCache, RopeMode, RopeParams, YarnParams, YarnRounding};

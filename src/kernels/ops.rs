@@ -131,21 +131,20 @@ pub fn dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32],
 
 /// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·COL_TILE + i]` for the `nq` queries, stored
 /// transposed (`n = qt.len() / nq` elements each), and every column `i < c ≤ COL_TILE` of a
-/// column-major int8 tile (`n` rows of [`COL_TILE`] bytes): the scores of a group of queries
-/// against up to 16 quantized vectors stored as columns (the caller folds the scales into the
-/// queries), without horizontal sums. Every level sums the products in `j` order with one FMA
+/// column-major bf16 tile (`n` rows of [`COL_TILE`] values, the high halves of f32): the scores
+/// of a group of queries against up to 16 vectors stored as columns, without horizontal sums. Every level sums the products in `j` order with one FMA
 /// each, so all levels agree bit for bit. Panics (caller contract) if a slice is too short or
 /// `c > COL_TILE`.
-pub fn col_dots_i8(qt: &[f32], nq: usize, tile: &[i8], c: usize, out: &mut [f32], ldo: usize) {
-    col_dots_i8_at(simd_level(), qt, nq, tile, c, out, ldo)
+pub fn col_dots_bf16(qt: &[f32], nq: usize, tile: &[u16], c: usize, out: &mut [f32], ldo: usize) {
+    col_dots_bf16_at(simd_level(), qt, nq, tile, c, out, ldo)
 }
 
-/// [`col_dots_i8`] at an explicit SIMD level (panics if the CPU lacks it).
-pub fn col_dots_i8_at(
+/// [`col_dots_bf16`] at an explicit SIMD level (panics if the CPU lacks it).
+pub fn col_dots_bf16_at(
     level: SimdLevel,
     qt: &[f32],
     nq: usize,
-    tile: &[i8],
+    tile: &[u16],
     c: usize,
     out: &mut [f32],
     ldo: usize,
@@ -153,22 +152,22 @@ pub fn col_dots_i8_at(
     assert_available(level);
     assert!(
         nq > 0 && qt.len().is_multiple_of(nq),
-        "col_dots_i8: queries"
+        "col_dots_bf16: queries"
     );
     let n = qt.len() / nq;
     assert!(
         c <= super::COL_TILE,
-        "col_dots_i8: more than COL_TILE columns"
+        "col_dots_bf16: more than COL_TILE columns"
     );
     assert!(
         tile.len() >= n * super::COL_TILE,
-        "col_dots_i8: tile too short"
+        "col_dots_bf16: tile too short"
     );
     assert!(
         c == 0 || (ldo >= c && out.len() >= (nq - 1) * ldo + c),
-        "col_dots_i8: out too short"
+        "col_dots_bf16: out too short"
     );
-    at_level!(level, col_dots_i8(qt, nq, tile, c, out, ldo))
+    at_level!(level, col_dots_bf16(qt, nq, tile, c, out, ldo))
 }
 
 /// [`dots_multi`] at an explicit SIMD level (panics if the CPU lacks it).

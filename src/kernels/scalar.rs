@@ -209,12 +209,12 @@ pub(crate) fn dots_multi(
 }
 
 /// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·COL_TILE + i]` for the `nq` queries (stored
-/// transposed) and the first `c` columns of a column-major int8 tile (products summed in `j`
+/// transposed) and the first `c` columns of a column-major bf16 tile (products summed in `j`
 /// order).
-pub(crate) fn col_dots_i8(
+pub(crate) fn col_dots_bf16(
     qt: &[f32],
     nq: usize,
-    tile: &[i8],
+    tile: &[u16],
     c: usize,
     out: &mut [f32],
     ldo: usize,
@@ -224,7 +224,8 @@ pub(crate) fn col_dots_i8(
         for i in 0..c {
             let mut acc = 0.0f32;
             for j in 0..n {
-                acc = qt[j * nq + q].mul_add(tile[j * super::COL_TILE + i] as f32, acc);
+                let k = f32::from_bits((tile[j * super::COL_TILE + i] as u32) << 16);
+                acc = qt[j * nq + q].mul_add(k, acc);
             }
             out[q * ldo + i] = acc;
         }

@@ -507,24 +507,39 @@ pub(crate) fn upper_from(
     }
 }
 
-/// Key-bound rows `[max | min]` of `n = 2·d` values kept as column-major int8 tiles of
-/// [`COL_TILE`] rows (row `r`, element `j` at `q[(r / T)·n·T + j·T + r % T]`) with one scale
-/// per tile and element, so that scoring 16 blocks against a query group is one
-/// [`crate::kernels::col_dots_i8`] call (no horizontal sums) over a quarter of the f32 bytes.
+/// Key-bound rows `[max | min]` of `n = 2·d` values kept as column-major bf16 tiles of
+/// [`COL_TILE`] rows (row `r`, element `j` at `q[(r / T)·n·T + j·T + r % T]`), so that scoring
+/// 16 blocks against a query group is one [`crate::kernels::col_dots_bf16`] call (no
+/// horizontal sums) over half the f32 bytes.
 ///
-/// Invariants: quantization rounds *outwards* (a `max` element up, a `min` element down, with
-/// `scale = max|x| / 127` over the tile's rows at that element), so a dequantized row still
-/// bounds every key of its block; the last, incomplete tile keeps its f32 rows and is
-/// requantized on every push (its scales grow with its rows); unused columns of the last tile
-/// hold zeros and are never returned.
+/// Invariants: every element is rounded *outwards* to bf16 (a `max` element up, a `min`
+/// element down: at most 2⁻⁸ relative), so a stored row still bounds every key of its block;
+/// unused columns of the last tile hold zeros and are never returned.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BoundTiles {
     n: usize,
     rows: usize,
-    q: Vec<i8>,
-    scales: Vec<f32>,
-    /// The f32 rows of the incomplete last tile, column-major like a tile.
-    open: Vec<f32>,
+    q: Vec<u16>,
+}
+
+/// `x` as bf16 (its high 16 bits), rounded towards +∞ (`up`) or −∞; NaN stays NaN.
+pub(crate) fn bf16_directed(x: f32, up: bool) -> u16 {
+    let bits = x.to_bits();
+    let hi = (bits >> 16) as u16;
+    if x.is_nan() || bits & 0xffff == 0 {
+        return hi;
+    }
+    // Truncation rounds towards zero: away from zero is one bf16 step further in magnitude.
+    let away = if x > 0.0 { up } else { !up };
+    if away {
+        hi + 1
+    } else {
+        hi
+    }
+}
+
+fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits((x as u32) << 16)
 }
 
 impl BoundTiles {
@@ -533,8 +548,6 @@ impl BoundTiles {
             n,
             rows: 0,
             q: Vec::new(),
-            scales: Vec::new(),
-            open: vec![0.0; n * COL_TILE],
         }
     }
 
@@ -543,111 +556,72 @@ impl BoundTiles {
         self.rows
     }
 
-    /// Quantize the open tile (`rows % T` rows, or a full one) into tile `t`.
-    fn requantize(&mut self, t: usize) {
-        let (n, c) = (self.n, self.rows - t * COL_TILE);
-        let half = n / 2;
-        for j in 0..n {
-            let col = &self.open[j * COL_TILE..j * COL_TILE + c];
-            let maxabs = col.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            // Slightly above max/127 so that |x / scale| < 127 after rounding.
-            let scale = maxabs / 127.0 * (1.0 + 1e-6);
-            self.scales[t * n + j] = scale;
-            for (i, &x) in col.iter().enumerate() {
-                let r = if scale > 0.0 { x / scale } else { 0.0 };
-                let r = if j < half { r.ceil() } else { r.floor() };
-                self.q[t * n * COL_TILE + j * COL_TILE + i] = r.clamp(-127.0, 127.0) as i8;
-            }
-        }
-    }
-
     /// Append one row (`row.len() == n`).
     pub fn push(&mut self, row: &[f32]) {
         let (n, r) = (self.n, self.rows);
-        let t = r / COL_TILE;
         if r.is_multiple_of(COL_TILE) {
             self.q.resize(self.q.len() + n * COL_TILE, 0);
-            self.scales.resize(self.scales.len() + n, 0.0);
-            self.open.fill(0.0);
         }
+        let base = (r / COL_TILE) * n * COL_TILE + r % COL_TILE;
         for (j, &x) in row.iter().enumerate().take(n) {
-            self.open[j * COL_TILE + r % COL_TILE] = x;
+            self.q[base + j * COL_TILE] = bf16_directed(x, j < n / 2);
         }
         self.rows += 1;
-        self.requantize(t);
     }
 
-    /// Keep the first `rows` rows. A tile cut open continues from its dequantized rows (still
-    /// bounds of their blocks).
+    /// Keep the first `rows` rows.
     pub fn truncate(&mut self, rows: usize) {
-        if rows >= self.rows {
-            return;
-        }
-        let n = self.n;
-        let tiles = rows.div_ceil(COL_TILE);
-        self.q.truncate(tiles * n * COL_TILE);
-        self.scales.truncate(tiles * n);
-        self.rows = rows;
-        self.open.fill(0.0);
-        if !rows.is_multiple_of(COL_TILE) {
-            let t = rows / COL_TILE;
-            let mut r = vec![0.0f32; n];
-            for i in 0..rows % COL_TILE {
-                self.row(t * COL_TILE + i, &mut r);
-                for (j, &x) in r.iter().enumerate() {
-                    self.open[j * COL_TILE + i] = x;
+        if rows < self.rows {
+            self.rows = rows;
+            self.q.truncate(rows.div_ceil(COL_TILE) * self.n * COL_TILE);
+            // Zero the cut columns of the last tile (a later push expects zeros there).
+            if !rows.is_multiple_of(COL_TILE) {
+                let t = rows / COL_TILE;
+                for j in 0..self.n {
+                    for i in rows % COL_TILE..COL_TILE {
+                        self.q[t * self.n * COL_TILE + j * COL_TILE + i] = 0;
+                    }
                 }
             }
-            self.requantize(t);
         }
     }
 
-    /// Row `r`, dequantized, into `out` (`out.len() >= n`).
+    /// Row `r` into `out` (`out.len() >= n`).
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let (n, t) = (self.n, r / COL_TILE);
-        let base = t * n * COL_TILE + r % COL_TILE;
-        for (j, o) in out.iter_mut().enumerate().take(n) {
-            *o = self.q[base + j * COL_TILE] as f32 * self.scales[t * n + j];
+        let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
+        for (j, o) in out.iter_mut().enumerate().take(self.n) {
+            *o = bf16_to_f32(self.q[base + j * COL_TILE]);
         }
     }
 
-    /// `out[q·ldo + (r − lo)] = qs[q] · row r` (dequantized) for rows `lo..hi` and the
-    /// `qs.len() / n` queries: per tile the queries are scaled by the tile's scales once and
-    /// dotted with its int8 columns.
+    /// `out[q·ldo + (r − lo)] = qs[q] · row r` for rows `lo..hi` and the `qs.len() / n`
+    /// queries (transposed once, then one kernel call per tile).
     pub fn dots(&self, qs: &[f32], lo: usize, hi: usize, out: &mut [f32], ldo: usize) {
         let n = self.n;
         let nq = qs.len() / n.max(1);
         if nq == 0 {
             return;
         }
-        // The queries transposed once (`[j][q]`), then scaled per tile.
         let mut qt = vec![0.0f32; n * nq];
         for (q, row) in qs.chunks_exact(n).enumerate() {
             for (j, &x) in row.iter().enumerate() {
                 qt[j * nq + q] = x;
             }
         }
-        let mut scaled = vec![0.0f32; n * nq];
         let mut tmp = Vec::new();
         let mut r = lo;
         while r < hi {
             let t = r / COL_TILE;
             let end = ((t + 1) * COL_TILE).min(hi);
-            let sc = &self.scales[t * n..(t + 1) * n];
-            for ((d, q), &s) in scaled.chunks_exact_mut(nq).zip(qt.chunks_exact(nq)).zip(sc) {
-                for (d, &q) in d.iter_mut().zip(q) {
-                    *d = q * s;
-                }
-            }
             let tile = &self.q[t * n * COL_TILE..(t + 1) * n * COL_TILE];
             if r.is_multiple_of(COL_TILE) {
                 // A tile from its first row: straight into `out`.
                 let o = &mut out[r - lo..];
-                crate::kernels::col_dots_i8(&scaled, nq, tile, end - r, o, ldo);
+                crate::kernels::col_dots_bf16(&qt, nq, tile, end - r, o, ldo);
             } else {
                 let c = end - t * COL_TILE;
                 tmp.resize(nq * COL_TILE, 0.0);
-                crate::kernels::col_dots_i8(&scaled, nq, tile, c, &mut tmp, COL_TILE);
+                crate::kernels::col_dots_bf16(&qt, nq, tile, c, &mut tmp, COL_TILE);
                 for q in 0..nq {
                     out[q * ldo + r - lo..q * ldo + end - lo]
                         .copy_from_slice(&tmp[q * COL_TILE + r % COL_TILE..q * COL_TILE + c]);
@@ -657,7 +631,7 @@ impl BoundTiles {
         }
     }
 
-    /// The bounds of the union of tile `t`'s rows (dequantized), for rows `[max | min]` of
+    /// The bounds of the union of tile `t`'s rows, for rows `[max | min]` of
     /// `2·d`: the elementwise max of the first halves and min of the second halves.
     pub fn union_row(&self, t: usize, d: usize) -> Vec<f32> {
         let c = (self.rows - t * COL_TILE).min(COL_TILE);
@@ -700,10 +674,40 @@ mod tests {
         rows(5, count, seed)
             .into_iter()
             .map(|lo| {
+                let lo: Vec<f32> = lo.iter().map(|x| x * 1.013 + 0.0137).collect();
                 let hi: Vec<f32> = lo.iter().map(|x| x + 3.5).collect();
                 hi.into_iter().chain(lo).collect()
             })
             .collect()
+    }
+
+    #[test]
+    fn bf16_rounding_is_directed_and_one_step() {
+        let mut x = 0.1f32;
+        for i in 0..2000 {
+            let v = if i % 2 == 0 { x } else { -x };
+            let (up, down) = (
+                bf16_to_f32(bf16_directed(v, true)),
+                bf16_to_f32(bf16_directed(v, false)),
+            );
+            assert!(up >= v && down <= v, "{v}: {down} {up}");
+            assert!(up - down <= v.abs() / 64.0, "{v}: {down} {up}");
+            x *= 1.0137;
+        }
+        for v in [
+            0.0f32,
+            1.0,
+            -2.5,
+            2.0f32.powi(100),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            assert_eq!(bf16_to_f32(bf16_directed(v, true)), v);
+            assert_eq!(bf16_to_f32(bf16_directed(v, false)), v);
+        }
+        // Rounding up past the largest finite bf16 gives +inf, still a bound.
+        assert_eq!(bf16_to_f32(bf16_directed(3.3999e38, true)), f32::INFINITY);
+        assert!(bf16_to_f32(bf16_directed(f32::NAN, true)).is_nan());
     }
 
     #[test]
@@ -722,15 +726,14 @@ mod tests {
         }
         let all: Vec<&Vec<f32>> = data[..20].iter().chain(&more).collect();
         assert_eq!(t.len(), all.len());
-        // Dequantized rows still bound: max half rounded up, min half down, by less than one
-        // step (the largest magnitude / 127 of that element in the tile; a cut-open tile
-        // was requantized from dequantized rows, so allow two steps there).
+        // Stored rows still bound: max half rounded up, min half down, by less than one bf16
+        // step (2⁻⁷ relative, at most).
         let mut got = vec![0.0f32; n];
         let mut deq = Vec::new();
         for (i, r) in all.iter().enumerate() {
             t.row(i, &mut got);
             for j in 0..n {
-                let step = 14.5 / 127.0 * 2.0 + 1e-5;
+                let step = r[j].abs() / 128.0 + 1e-30;
                 if j < 5 {
                     assert!(got[j] >= r[j] && got[j] - r[j] <= step, "row {i} el {j}");
                 } else {
