@@ -503,3 +503,57 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
     }
     assert!(expansions > 0, "the index was never exercised");
 }
+
+#[test]
+fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
+    // Random blocks whose exact logits lie inside [lower, upper]: whatever the selection, the
+    // mass it reports (a certificate, possibly 0 when the budget makes the target unreachable)
+    // is at most the attention mass the selected blocks really hold.
+    use kvspool::kv::tiered::select_blocks_certified;
+    let mut r = Rng(11);
+    for trial in 0..200usize {
+        let n_kv = 1 + trial % 3;
+        let nb = 12 + trial % 40;
+        let tokens = vec![16usize; nb];
+        let ub: Vec<f32> = (0..nb * n_kv).map(|_| r.f() * 3.0).collect();
+        let lb: Vec<f32> = ub.iter().map(|x| x - (r.f().abs() * 2.0)).collect();
+        // One exact logit per block and head, anywhere in its bounds (all 16 tokens alike).
+        let exact: Vec<f32> = ub
+            .iter()
+            .zip(&lb)
+            .map(|(u, l)| l + (u - l) * (0.5 + 0.5 * r.f().clamp(-1.0, 1.0)))
+            .collect();
+        let cfg = SparseConfig {
+            mass: [0.5, 0.8, 0.95][trial % 3],
+            budget_tokens: 16 * (2 + trial % 9),
+            recent_tokens: 16,
+            group: GroupScore::Max,
+            dense_layers: 0,
+            budget_scope: if trial % 2 == 0 {
+                BudgetScope::Union
+            } else {
+                BudgetScope::Head
+            },
+            index: SparseIndex::Flat,
+        };
+        let Some((sel, mass)) = select_blocks_certified(&ub, &lb, n_kv, 1, &tokens, &cfg) else {
+            continue;
+        };
+        let mut true_mass = 0.0f64;
+        for h in 0..n_kv {
+            let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
+            let all: f64 = (0..nb).map(w).sum();
+            let got: f64 = sel
+                .iter()
+                .filter(|&&(_, m)| m & (1 << h) != 0)
+                .map(|&(b, _)| w(b))
+                .sum();
+            true_mass += got / all;
+        }
+        true_mass /= n_kv as f64;
+        assert!(
+            mass as f64 <= true_mass + 1e-5,
+            "trial {trial}: certified {mass} > exact {true_mass}"
+        );
+    }
+}

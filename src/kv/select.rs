@@ -207,7 +207,7 @@ pub(crate) fn select(
     // full) / (all of them). The others are limited by the budget alone; their lower bounds
     // are never computed and their counted mass stays 0 (a valid lower bound).
     let heaviest = first_tokens.iter().map(|t| t.0).max().unwrap_or(0) as f64;
-    let certifiable: u32 = if lower.is_none() {
+    let mut certifiable: u32 = if lower.is_none() {
         all_heads
     } else {
         let mut w: Vec<f32> = Vec::with_capacity(n1);
@@ -246,15 +246,38 @@ pub(crate) fn select(
             None
         }
     };
+    // Without super-blocks a head pops at most the blocks it takes and the blocks others took
+    // (each ≤ max_blocks, or n_kv · max_blocks with per-head budgets): only that many leaders
+    // need to be in its heap (found by a threshold on plain keys; ties all kept).
+    let keep = match cfg.budget_scope {
+        BudgetScope::Union => 2 * max_blocks,
+        BudgetScope::Head => (n_kv + 1) * max_blocks,
+    } + 1;
+    let key_tokens: Vec<f32> = first_tokens.iter().map(|t| t.1 as f32).collect();
+    let mut keys = vec![0.0f32; n1];
+    let mut sorted = Vec::new();
     let mut heaps: Vec<BinaryHeap<Cand>> = (0..n_kv)
         .map(|h| {
-            let v: Vec<Cand> = (0..n1)
-                .map(|i| {
-                    let mut key = 0.0f32;
-                    for si in 0..per_head {
-                        let c = h * per_head + si;
-                        key += first_tokens[i].1 as f32 * e[c * n1 + i] * inv[c];
-                    }
+            keys.fill(0.0);
+            for si in 0..per_head {
+                let c = h * per_head + si;
+                let ec = &e[c * n1..(c + 1) * n1];
+                for ((k, &t), &x) in keys.iter_mut().zip(&key_tokens).zip(ec) {
+                    *k += t * x * inv[c];
+                }
+            }
+            let threshold = if n_super == 0 && keep < n1 {
+                sorted.clear();
+                sorted.extend_from_slice(&keys);
+                *sorted.select_nth_unstable_by(keep, |a, b| b.total_cmp(a)).1
+            } else {
+                f32::NEG_INFINITY
+            };
+            let v: Vec<Cand> = keys
+                .iter()
+                .enumerate()
+                .filter(|&(_, &k)| k.total_cmp(&threshold).is_ge())
+                .map(|(i, &key)| {
                     let (first, is_super) = if i < n_super {
                         (i * span, true)
                     } else {
@@ -266,19 +289,7 @@ pub(crate) fn select(
                         is_super,
                     }
                 })
-                .collect::<Vec<Cand>>();
-            // Without super-blocks a head pops at most the blocks it takes and the blocks
-            // others took (each ≤ max_blocks, or n_kv · max_blocks with per-head budgets):
-            // only that many leaders need to be in its heap.
-            let keep = match cfg.budget_scope {
-                BudgetScope::Union => 2 * max_blocks,
-                BudgetScope::Head => (n_kv + 1) * max_blocks,
-            } + 1;
-            let mut v = v;
-            if n_super == 0 && keep < v.len() {
-                v.select_nth_unstable_by(keep, |a, b| b.cmp(a));
-                v.truncate(keep);
-            }
+                .collect();
             BinaryHeap::from(v)
         })
         .collect();
@@ -332,6 +343,25 @@ pub(crate) fn select(
     // `cert_unsel`, Σ over the rest of tokens·exp(score − max).
     let mut cert_sel = vec![0.0f64; cols];
     let mut lb = vec![0.0f32; cols];
+    // Whether head `h` can still be certified: every block still to come weighs at most its
+    // heap's top (`key · Z_c · per_head` in column c), and at most `r` more fit the budget, so
+    // its certificate ends below (S + r·w_top) / (S + U). Once that is under `cfg.mass` it stays
+    // there: stop computing its lower bounds.
+    let still_certifiable =
+        |h: usize, top: Option<f32>, r: usize, cert_sel: &[f64], cert_unsel: &[f64]| {
+            let mut pot = 0.0f64;
+            for si in 0..per_head {
+                let c = h * per_head + si;
+                let w_top = top.map_or(0.0, |k| k as f64 * col_sum[c] as f64 * per_head as f64);
+                let den = cert_sel[c] + cert_unsel[c];
+                pot += if den > 0.0 {
+                    ((cert_sel[c] + r as f64 * w_top) / den).min(1.0)
+                } else {
+                    1.0
+                };
+            }
+            pot / per_head as f64 >= cfg.mass as f64 - 1e-6
+        };
     let mut ub = vec![0.0f32; per_head];
     // Account block `b` as read by the heads in `heads`: update their counted mass `got`.
     let mut account = |b: usize,
@@ -339,6 +369,8 @@ pub(crate) fn select(
                        got: &mut [f32],
                        blocks: &[f32],
                        expanded: &[u32],
+                       certifiable: u32,
+                       cert_sel: &mut [f64],
                        cert_unsel: &mut [f64]| {
         if let Some(lower) = lower {
             if heads & certifiable == 0 {
@@ -388,7 +420,16 @@ pub(crate) fn select(
         }
         if masks[b] != all_heads {
             let heads = all_heads & !masks[b];
-            account(b, heads, &mut got, &sc.blocks, &expanded, &mut cert_unsel);
+            account(
+                b,
+                heads,
+                &mut got,
+                &sc.blocks,
+                &expanded,
+                certifiable,
+                &mut cert_sel,
+                &mut cert_unsel,
+            );
             masks[b] = all_heads;
         }
     }
@@ -417,7 +458,16 @@ pub(crate) fn select(
                             taken.push(b);
                         }
                         masks[b] |= bit;
-                        account(b, bit, &mut got, &sc.blocks, &expanded, &mut cert_unsel);
+                        account(
+                            b,
+                            bit,
+                            &mut got,
+                            &sc.blocks,
+                            &expanded,
+                            certifiable,
+                            &mut cert_sel,
+                            &mut cert_unsel,
+                        );
                         head_tokens += tokens[b];
                     }
                 }
@@ -465,12 +515,25 @@ pub(crate) fn select(
                 union_tokens += tokens[b];
                 masks[b] = all_heads;
                 taken.push(b);
+                if certifiable != 0 && lower.is_some() {
+                    let r = (cfg.budget_tokens - union_tokens) / min_tokens + 2;
+                    for (hh, heap) in heaps.iter().enumerate() {
+                        let top = heap.peek().map(|c| c.key);
+                        if certifiable & (1 << hh) != 0
+                            && !still_certifiable(hh, top, r, &cert_sel, &cert_unsel)
+                        {
+                            certifiable &= !(1 << hh);
+                        }
+                    }
+                }
                 account(
                     b,
                     all_heads,
                     &mut got,
                     &sc.blocks,
                     &expanded,
+                    certifiable,
+                    &mut cert_sel,
                     &mut cert_unsel,
                 );
             }
