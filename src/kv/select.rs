@@ -619,6 +619,11 @@ impl BoundTiles {
         self.rows
     }
 
+    /// Bytes held (whole tiles).
+    pub fn bytes(&self) -> usize {
+        self.q.len() * std::mem::size_of::<u16>()
+    }
+
     /// Append one row (`row.len() == n`).
     pub fn push(&mut self, row: &[f32]) {
         let (n, r) = (self.n, self.rows);

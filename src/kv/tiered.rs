@@ -954,9 +954,21 @@ impl TieredKv {
         self.pinned_peak = self.pinned_peak.max(self.pinned_bytes_now());
     }
 
+    /// The key bounds: bf16 tiles of the sealed blocks (and super-blocks) plus the tail's f32.
     fn bounds_bytes(&self) -> usize {
-        let per = 2 * self.geo.n_head_kv * self.geo.head_dim * 4;
-        self.layers.iter().map(|l| (l.sealed.len() + 1) * per).sum()
+        let tail = 2 * self.geo.n_head_kv * self.geo.head_dim * 4;
+        self.layers
+            .iter()
+            .map(|l| {
+                let tiles: usize = l
+                    .bound_rows
+                    .iter()
+                    .chain(&l.super_rows)
+                    .map(BoundTiles::bytes)
+                    .sum();
+                tiles + tail
+            })
+            .sum()
     }
 
     fn check(&self) -> Result<(), KvError> {
