@@ -131,7 +131,7 @@ pub fn dots_multi(qs: &[f32], d: usize, keys: &[f32], c: usize, out: &mut [f32],
 
 /// `out[q·ldo + i] = Σ_j qt[j·nq + q] · tile[j·COL_TILE + i]` for the `nq` queries, stored
 /// transposed (`n = qt.len() / nq` elements each), and every column `i < c ≤ COL_TILE` of a
-/// column-major bf16 tile (`n` rows of [`COL_TILE`] values, the high halves of f32): the scores
+/// column-major bf16 tile (`n` rows of [`COL_TILE`](super::COL_TILE) values, the high halves of f32): the scores
 /// of a group of queries against up to 16 vectors stored as columns, without horizontal sums. Every level sums the products in `j` order with one FMA
 /// each, so all levels agree bit for bit. Panics (caller contract) if a slice is too short or
 /// `c > COL_TILE`.

@@ -14,9 +14,14 @@
 //!   outside them) and stay fixed for the selection; a super-block's key uses its best child's
 //!   token count and its own score, so it is never below any of its blocks' keys;
 //! - the certified mass of a head (with lower bounds) only ever counts what is guaranteed: the
-//!   unselected side keeps a super-block's whole bound until that head expanded it;
-//! - with every super-block expanded (or none built), the result is the flat selection; the
-//!   greedy breaks ties towards the lower block index, then the lower head;
+//!   unselected side keeps a super-block's whole bound until that head expanded it, and a head
+//!   whose certificate can no longer reach the target stops counting (its mass stays 0, a valid
+//!   lower bound; the selection does not depend on it);
+//! - each head takes its blocks in the flat order (by upper-bound key, lower index on ties);
+//!   without super-blocks the whole selection is the flat one, with them the comparison across
+//!   heads uses the first level's normalizers, so a union selection may differ slightly;
+//! - the key bounds are stored as bf16 tiles rounded outwards ([`BoundTiles`]), so every stored
+//!   bound is still a bound;
 //! - the selection holds at most `budget_tokens` (counting the forced blocks), and `None` means
 //!   "read densely" (over 3/4 of the blocks, degenerate scores, or more than 32 KV heads).
 
