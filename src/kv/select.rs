@@ -95,11 +95,30 @@ impl Ord for Cand {
     }
 }
 
+/// The mutable state of one selection that the greedy, the expansions and the accounting
+/// share.
+struct Book {
+    /// Block scores, column-major (see [`Scores::blocks`]); filled in on expansion.
+    blocks: Vec<f32>,
+    /// Per KV head: its candidates by key.
+    heaps: Vec<BinaryHeap<Cand>>,
+    /// `expanded[s]`: bit h set once head h scored super-block s's blocks.
+    expanded: Vec<u32>,
+    /// Per column: Σ over selected blocks of tokens·exp(lower − max), and Σ over the rest of
+    /// tokens·exp(score − max) (the certified rule).
+    cert_sel: Vec<f64>,
+    cert_unsel: Vec<f64>,
+    /// Heads whose certificate can still reach the mass (the others are not counted).
+    certifiable: u32,
+    /// Per KV head: the mass counted so far.
+    got: Vec<f32>,
+}
+
 /// Select the blocks one query token reads (see the module docs and
 /// [`super::tiered::select_blocks`] for the rules). `upper` scores blocks of a super-block when
 /// it is expanded (unused without super-blocks); `lower` makes the mass rule certified.
 pub(crate) fn select(
-    mut sc: Scores<'_>,
+    sc: Scores<'_>,
     upper: UpperFn<'_>,
     lower: Option<LowerFn<'_>>,
     cfg: &SparseConfig,
@@ -212,7 +231,7 @@ pub(crate) fn select(
     // full) / (all of them). The others are limited by the budget alone; their lower bounds
     // are never computed and their counted mass stays 0 (a valid lower bound).
     let heaviest = first_tokens.iter().map(|t| t.0).max().unwrap_or(0) as f64;
-    let mut certifiable: u32 = if lower.is_none() {
+    let certifiable: u32 = if lower.is_none() {
         all_heads
     } else {
         let mut w: Vec<f32> = Vec::with_capacity(n1);
@@ -242,8 +261,6 @@ pub(crate) fn select(
             })
             .fold(0u32, |m, h| m | (1 << h))
     };
-    // expanded[s]: bit h set once head h scored super-block s's blocks.
-    let mut expanded = vec![0u32; n_super];
     let in_super = |b: usize| {
         if b < n_super * span {
             Some(b / span)
@@ -261,7 +278,7 @@ pub(crate) fn select(
     let key_tokens: Vec<f32> = first_tokens.iter().map(|t| t.1 as f32).collect();
     let mut keys = vec![0.0f32; n1];
     let mut sorted = Vec::new();
-    let mut heaps: Vec<BinaryHeap<Cand>> = (0..n_kv)
+    let heaps: Vec<BinaryHeap<Cand>> = (0..n_kv)
         .map(|h| {
             keys.fill(0.0);
             for si in 0..per_head {
@@ -300,12 +317,7 @@ pub(crate) fn select(
         .collect();
     let mut expansions = 0usize;
     // Score super-block `s`'s blocks for head `h` and put them in its heap instead of it.
-    let mut expand = |h: usize,
-                      s: usize,
-                      blocks: &mut [f32],
-                      heaps: &mut [BinaryHeap<Cand>],
-                      cert_unsel: &mut [f64],
-                      expanded: &mut [u32]| {
+    let mut expand = |h: usize, s: usize, bk: &mut Book| {
         let (lo, hi) = (s * span, (s + 1) * span);
         let mut out = vec![0.0f32; span * per_head];
         upper(h, lo, hi, &mut out);
@@ -313,7 +325,7 @@ pub(crate) fn select(
         if lower.is_some() {
             for si in 0..per_head {
                 let c = h * per_head + si;
-                cert_unsel[c] -= weight(tok, sc.supers[c * n_super + s], c) as f64;
+                bk.cert_unsel[c] -= weight(tok, sc.supers[c * n_super + s], c) as f64;
             }
         }
         for (i, b) in (lo..hi).enumerate() {
@@ -322,14 +334,14 @@ pub(crate) fn select(
             let mut key = 0.0f32;
             for (si, &v) in x.iter().enumerate() {
                 let c = h * per_head + si;
-                blocks[c * nb + b] = v;
+                bk.blocks[c * nb + b] = v;
                 let w = weight(tokens[b], v, c);
                 key += w * inv[c];
                 if lower.is_some() {
-                    cert_unsel[c] += w as f64;
+                    bk.cert_unsel[c] += w as f64;
                 }
             }
-            heaps[h].push(Cand {
+            bk.heaps[h].push(Cand {
                 key,
                 first: b as u32,
                 is_super: false,
@@ -338,61 +350,51 @@ pub(crate) fn select(
         if lower.is_some() {
             for si in 0..per_head {
                 let c = h * per_head + si;
-                cert_unsel[c] = cert_unsel[c].max(0.0);
+                bk.cert_unsel[c] = bk.cert_unsel[c].max(0.0);
             }
         }
-        expanded[s] |= 1 << h;
+        bk.expanded[s] |= 1 << h;
         expansions += 1;
     };
-    // The certified rule: per column, Σ over selected blocks of tokens·exp(lower − max) against
-    // `cert_unsel`, Σ over the rest of tokens·exp(score − max).
-    let mut cert_sel = vec![0.0f64; cols];
     let mut lb = vec![0.0f32; cols];
     // Whether head `h` can still be certified: every block still to come weighs at most its
     // heap's top (`key · Z_c · per_head` in column c), and at most `r` more fit the budget, so
     // its certificate ends below (S + r·w_top) / (S + U). Once that is under `cfg.mass` it stays
     // there: stop computing its lower bounds.
-    let still_certifiable =
-        |h: usize, top: Option<f32>, r: usize, cert_sel: &[f64], cert_unsel: &[f64]| {
-            let mut pot = 0.0f64;
-            for si in 0..per_head {
-                let c = h * per_head + si;
-                let w_top = top.map_or(0.0, |k| k as f64 * col_sum[c] as f64 * per_head as f64);
-                let den = cert_sel[c] + cert_unsel[c];
-                pot += if den > 0.0 {
-                    ((cert_sel[c] + r as f64 * w_top) / den).min(1.0)
-                } else {
-                    1.0
-                };
-            }
-            pot / per_head as f64 >= cfg.mass as f64 - 1e-6
-        };
+    let still_certifiable = |h: usize, top: Option<f32>, r: usize, bk: &Book| {
+        let mut pot = 0.0f64;
+        for si in 0..per_head {
+            let c = h * per_head + si;
+            let w_top = top.map_or(0.0, |k| k as f64 * col_sum[c] as f64 * per_head as f64);
+            let den = bk.cert_sel[c] + bk.cert_unsel[c];
+            pot += if den > 0.0 {
+                ((bk.cert_sel[c] + r as f64 * w_top) / den).min(1.0)
+            } else {
+                1.0
+            };
+        }
+        pot / per_head as f64 >= cfg.mass as f64 - 1e-6
+    };
     let mut ub = vec![0.0f32; per_head];
     // Account block `b` as read by the heads in `heads`: update their counted mass `got`.
-    let mut account = |b: usize,
-                       heads: u32,
-                       got: &mut [f32],
-                       blocks: &[f32],
-                       expanded: &[u32],
-                       certifiable: u32,
-                       cert_sel: &mut [f64],
-                       cert_unsel: &mut [f64]| {
+    let mut account = |b: usize, heads: u32, bk: &mut Book| {
+        let heads = heads & bk.certifiable;
         if let Some(lower) = lower {
-            if heads & certifiable == 0 {
+            if heads == 0 {
                 return;
             }
             lower(b, &mut lb);
         }
-        for (h, g) in got.iter_mut().enumerate() {
-            if heads & certifiable & (1 << h) == 0 {
+        for h in 0..n_kv {
+            if heads & (1 << h) == 0 {
                 continue;
             }
             // The block's own scores for this head: known unless its super-block is not
             // expanded for the head (then score just this block).
-            let known = in_super(b).is_none_or(|s| expanded[s] & (1 << h) != 0);
+            let known = in_super(b).is_none_or(|s| bk.expanded[s] & (1 << h) != 0);
             if known {
                 for (s, u) in ub.iter_mut().enumerate() {
-                    *u = blocks[(h * per_head + s) * nb + b];
+                    *u = bk.blocks[(h * per_head + s) * nb + b];
                 }
             } else {
                 upper(h, b, b + 1, &mut ub);
@@ -402,39 +404,38 @@ pub(crate) fn select(
                 for (s, &u) in ub.iter().enumerate() {
                     let c = h * per_head + s;
                     if known {
-                        cert_unsel[c] = (cert_unsel[c] - weight(tokens[b], u, c) as f64).max(0.0);
+                        bk.cert_unsel[c] =
+                            (bk.cert_unsel[c] - weight(tokens[b], u, c) as f64).max(0.0);
                     }
                     let l = lb[c].min(u);
-                    cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
-                    let den = cert_sel[c] + cert_unsel[c];
-                    m += if den > 0.0 { cert_sel[c] / den } else { 1.0 };
+                    bk.cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
+                    let den = bk.cert_sel[c] + bk.cert_unsel[c];
+                    m += if den > 0.0 { bk.cert_sel[c] / den } else { 1.0 };
                 }
-                *g = (m / per_head as f64) as f32;
+                bk.got[h] = (m / per_head as f64) as f32;
             } else {
-                *g += key_of(h, &ub, tokens[b]);
+                bk.got[h] += key_of(h, &ub, tokens[b]);
             }
         }
     };
+    let mut bk = Book {
+        blocks: sc.blocks,
+        heaps,
+        expanded: vec![0u32; n_super],
+        cert_sel: vec![0.0f64; cols],
+        cert_unsel,
+        certifiable,
+        got: vec![0.0f32; n_kv],
+    };
     let mut masks = vec![0u32; nb];
     let mut taken = Vec::new();
-    let mut got = vec![0.0f32; n_kv];
     let mut union_tokens = 0usize;
     for &b in &forced {
         if masks[b] == 0 {
             union_tokens += tokens[b];
         }
         if masks[b] != all_heads {
-            let heads = all_heads & !masks[b];
-            account(
-                b,
-                heads,
-                &mut got,
-                &sc.blocks,
-                &expanded,
-                certifiable,
-                &mut cert_sel,
-                &mut cert_unsel,
-            );
+            account(b, all_heads & !masks[b], &mut bk);
             masks[b] = all_heads;
         }
     }
@@ -443,19 +444,11 @@ pub(crate) fn select(
             for h in 0..n_kv {
                 let bit = 1u32 << h;
                 let mut head_tokens = union_tokens;
-                while got[h] < cfg.mass && head_tokens < cfg.budget_tokens {
-                    let Some(c) = heaps[h].pop() else { break };
+                while bk.got[h] < cfg.mass && head_tokens < cfg.budget_tokens {
+                    let Some(c) = bk.heaps[h].pop() else { break };
                     let b = c.first as usize;
                     if c.is_super {
-                        let s = b / span;
-                        expand(
-                            h,
-                            s,
-                            &mut sc.blocks,
-                            &mut heaps,
-                            &mut cert_unsel,
-                            &mut expanded,
-                        );
+                        expand(h, b / span, &mut bk);
                         continue;
                     }
                     if masks[b] & bit == 0 {
@@ -463,16 +456,7 @@ pub(crate) fn select(
                             taken.push(b);
                         }
                         masks[b] |= bit;
-                        account(
-                            b,
-                            bit,
-                            &mut got,
-                            &sc.blocks,
-                            &expanded,
-                            certifiable,
-                            &mut cert_sel,
-                            &mut cert_unsel,
-                        );
+                        account(b, bit, &mut bk);
                         head_tokens += tokens[b];
                     }
                 }
@@ -484,17 +468,17 @@ pub(crate) fn select(
             // head is attended by all. Stops at the budget or when every head reached its mass.
             loop {
                 let mut best: Option<(usize, Cand)> = None;
-                for h in 0..n_kv {
-                    if got[h] >= cfg.mass {
+                for (h, heap) in bk.heaps.iter_mut().enumerate() {
+                    if bk.got[h] >= cfg.mass {
                         continue;
                     }
-                    while heaps[h]
+                    while heap
                         .peek()
                         .is_some_and(|c| !c.is_super && masks[c.first as usize] != 0)
                     {
-                        heaps[h].pop();
+                        heap.pop();
                     }
-                    let Some(&c) = heaps[h].peek() else { continue };
+                    let Some(&c) = heap.peek() else { continue };
                     if best.is_none_or(|(_, bc)| c.key > bc.key) {
                         best = Some((h, c));
                     }
@@ -502,16 +486,8 @@ pub(crate) fn select(
                 let Some((h, c)) = best else { break };
                 let b = c.first as usize;
                 if c.is_super {
-                    heaps[h].pop();
-                    let s = b / span;
-                    expand(
-                        h,
-                        s,
-                        &mut sc.blocks,
-                        &mut heaps,
-                        &mut cert_unsel,
-                        &mut expanded,
-                    );
+                    bk.heaps[h].pop();
+                    expand(h, b / span, &mut bk);
                     continue;
                 }
                 if union_tokens + tokens[b] > cfg.budget_tokens {
@@ -520,31 +496,20 @@ pub(crate) fn select(
                 union_tokens += tokens[b];
                 masks[b] = all_heads;
                 taken.push(b);
-                if certifiable != 0 && lower.is_some() {
+                if bk.certifiable != 0 && lower.is_some() {
                     let r = (cfg.budget_tokens - union_tokens) / min_tokens + 2;
-                    for (hh, heap) in heaps.iter().enumerate() {
-                        let top = heap.peek().map(|c| c.key);
-                        if certifiable & (1 << hh) != 0
-                            && !still_certifiable(hh, top, r, &cert_sel, &cert_unsel)
-                        {
-                            certifiable &= !(1 << hh);
+                    for hh in 0..n_kv {
+                        let top = bk.heaps[hh].peek().map(|c| c.key);
+                        if bk.certifiable & (1 << hh) != 0 && !still_certifiable(hh, top, r, &bk) {
+                            bk.certifiable &= !(1 << hh);
                         }
                     }
                 }
-                account(
-                    b,
-                    all_heads,
-                    &mut got,
-                    &sc.blocks,
-                    &expanded,
-                    certifiable,
-                    &mut cert_sel,
-                    &mut cert_unsel,
-                );
+                account(b, all_heads, &mut bk);
             }
         }
     }
-    let mass_sum: f32 = got.iter().map(|g| g.min(1.0)).sum();
+    let mass_sum: f32 = bk.got.iter().map(|g| g.min(1.0)).sum();
     let sel: Vec<(usize, u32)> = (0..nb)
         .filter(|&b| masks[b] != 0)
         .map(|b| (b, masks[b]))
