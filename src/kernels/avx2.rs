@@ -691,11 +691,9 @@ pub(super) fn col_dots_bf16(
     let n = qt.len() / nq.max(1);
     let (rows, _) = tile[..n * 16].as_chunks::<8>();
     let widen = |h: &[u16; 8]| {
-        let mut b = [0u8; 16];
-        for (d, x) in b.chunks_exact_mut(2).zip(h) {
-            d.copy_from_slice(&x.to_le_bytes());
-        }
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ld_128(&b))))
+        // SAFETY: `h` is 16 readable bytes; `loadu` has no alignment requirement.
+        let v = unsafe { _mm_loadu_si128(h.as_ptr().cast::<__m128i>()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
     };
     let mut q0 = 0;
     while q0 < nq {

@@ -593,7 +593,8 @@ struct LayerKv {
     /// group is one `col_dots`).
     bound_rows: Vec<BoundTiles>,
     /// The same per complete super-block of [`SUPER_SPAN`] sealed blocks (= one tile of
-    /// `bound_rows`): the bounds of the union of their keys.
+    /// `bound_rows`): the bounds of the union of their keys. Kept only with
+    /// `--sparse-index tree` (empty otherwise).
     super_rows: Vec<BoundTiles>,
     /// Sliding layers: sealed blocks still visible, `(block index, bytes)`, oldest first.
     ring: VecDeque<(usize, Arc<AlignedBuf>)>,
@@ -1152,7 +1153,11 @@ impl TieredKv {
         }
         l.tail_bounds.reset();
         l.sealed.push(Sealed { slot });
-        if l.sealed.len().is_multiple_of(SUPER_SPAN) {
+        let tree = self
+            .cfg
+            .sparse
+            .is_some_and(|sp| sp.index == SparseIndex::Tree);
+        if tree && l.sealed.len().is_multiple_of(SUPER_SPAN) {
             let t = l.sealed.len() / SUPER_SPAN - 1;
             for (rows, sup) in l.bound_rows.iter().zip(l.super_rows.iter_mut()) {
                 sup.push(&rows.union_row(t, d));
