@@ -8,7 +8,9 @@ mod common;
 use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
 use kvspool::kv::prefetch::PrefetchMode;
-use kvspool::kv::tiered::{select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex};
+use kvspool::kv::tiered::{
+    select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex, SparseScore,
+};
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
 
 struct Rng(u64);
@@ -38,6 +40,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (sel, mass) = select_blocks(&scores, 1, 1, &tokens, &cfg).unwrap();
@@ -64,6 +67,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let (sel4, _) = select_blocks(&two, 2, 1, &tokens, &cfg4).unwrap();
     assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
@@ -170,6 +174,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
     assert!(dense
@@ -188,6 +193,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
     let candidates = 2 * 1200usize.div_ceil(32) as u64;
@@ -234,6 +240,7 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (m, mass_max) = select_blocks(&max_cols, 1, 1, &tokens, &cfg).unwrap();
@@ -256,6 +263,7 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     // A RAM tier of ~28 frames (8 KiB slots) for 76 blocks: prefetch matters.
     let ram = 256 * 1024;
@@ -351,6 +359,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let (sel, _) = select_blocks(&sc, n_kv, 1, &tokens, &cfg).unwrap();
     // Forced 0 and 11, then the most needed blocks over all heads: 3 (head 1), 5 (head 0),
@@ -384,6 +393,7 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     // Estimated from the upper bounds alone, block 5 "holds" 88% and the rule stops after it.
@@ -415,6 +425,7 @@ fn tree_index_reads_exactly_what_flat_reads_with_per_head_budgets() {
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
         index: SparseIndex::Flat,
+        score: SparseScore::Bound,
     };
     let tree = SparseConfig {
         index: SparseIndex::Tree,
@@ -470,6 +481,7 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
             dense_layers: 0,
             budget_scope: BudgetScope::Head,
             index: SparseIndex::Tree,
+            score: SparseScore::Bound,
         };
         let flat = select_blocks_certified(&ub, &lower, n_kv, 1, &tokens, &head);
         let tree = select_blocks_indexed(&ub, &supers, SUPER_SPAN, &lower, n_kv, 1, &tokens, &head);
@@ -535,6 +547,7 @@ fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
                 BudgetScope::Head
             },
             index: SparseIndex::Flat,
+            score: SparseScore::Bound,
         };
         let Some((sel, mass)) = select_blocks_certified(&ub, &lb, n_kv, 1, &tokens, &cfg) else {
             continue;
@@ -556,4 +569,160 @@ fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
             "trial {trial}: certified {mass} > exact {true_mass}"
         );
     }
+}
+
+#[test]
+fn certified_mass_with_slack_never_exceeds_the_exact_mass() {
+    // Scores below the bounds (the mix score): `score + slack ≥ every logit` per column. The
+    // blocks are taken in score order, and the certificate, counting the unselected side at
+    // exp(slack) times its weight, still never exceeds the selection's exact mass.
+    use kvspool::kv::tiered::select_blocks_certified_slack;
+    let mut r = Rng(23);
+    let mut certified = 0usize;
+    let mut over_claims = 0usize;
+    for trial in 0..300usize {
+        let n_kv = 1 + trial % 3;
+        let nb = 12 + trial % 40;
+        let tokens = vec![16usize; nb];
+        let slack: Vec<f32> = (0..n_kv).map(|_| r.f().abs() * 1.5).collect();
+        let ub: Vec<f32> = (0..nb * n_kv).map(|_| r.f() * 3.0).collect();
+        // A score anywhere in [ub − slack, ub]; a lower bound below both.
+        let score: Vec<f32> = ub
+            .iter()
+            .enumerate()
+            .map(|(i, u)| u - slack[i % n_kv] * r.f().abs().min(1.0))
+            .collect();
+        let lb: Vec<f32> = score.iter().map(|x| x - r.f().abs() * 0.3).collect();
+        // Every logit anywhere in [lb, ub]; in half the trials at its upper bound (the case a
+        // certificate from the scores alone gets wrong).
+        let exact: Vec<f32> = ub
+            .iter()
+            .zip(&lb)
+            .map(|(u, l)| {
+                let t = r.f();
+                if trial % 2 == 0 {
+                    *u
+                } else {
+                    l + (u - l) * (0.5 + 0.5 * t.clamp(-1.0, 1.0))
+                }
+            })
+            .collect();
+        let cfg = SparseConfig {
+            mass: [0.5, 0.8, 0.95][trial % 3],
+            budget_tokens: 16 * (2 + trial % 9),
+            recent_tokens: 16,
+            group: GroupScore::Max,
+            dense_layers: 0,
+            budget_scope: if trial % 2 == 0 {
+                BudgetScope::Union
+            } else {
+                BudgetScope::Head
+            },
+            index: SparseIndex::Flat,
+            score: SparseScore::Mix,
+        };
+        let exact_mass = |sel: &[(usize, u32)]| {
+            let mut m = 0.0f64;
+            for h in 0..n_kv {
+                let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
+                let all: f64 = (0..nb).map(w).sum();
+                let got: f64 = sel
+                    .iter()
+                    .filter(|&&(_, m)| m & (1 << h) != 0)
+                    .map(|&(b, _)| w(b))
+                    .sum();
+                m += got / all;
+            }
+            m / n_kv as f64
+        };
+        // The same scores taken as bounds (no slack): their certificate can over-claim.
+        let zero = vec![0.0f32; n_kv];
+        if let Some((sel0, m0)) =
+            select_blocks_certified_slack(&score, &lb, &zero, n_kv, 1, &tokens, &cfg)
+        {
+            if m0 as f64 > exact_mass(&sel0) + 1e-5 {
+                over_claims += 1;
+            }
+        }
+        let Some((sel, mass)) =
+            select_blocks_certified_slack(&score, &lb, &slack, n_kv, 1, &tokens, &cfg)
+        else {
+            continue;
+        };
+        if mass > 0.0 {
+            certified += 1;
+        }
+        let mut true_mass = 0.0f64;
+        for h in 0..n_kv {
+            let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
+            let all: f64 = (0..nb).map(w).sum();
+            let got: f64 = sel
+                .iter()
+                .filter(|&&(_, m)| m & (1 << h) != 0)
+                .map(|&(b, _)| w(b))
+                .sum();
+            true_mass += got / all;
+        }
+        true_mass /= n_kv as f64;
+        assert!(
+            mass as f64 <= true_mass + 1e-5,
+            "trial {trial}: certified {mass} > exact {true_mass}"
+        );
+    }
+    // The property is not vacuous: some selections do certify a mass.
+    assert!(certified > 10, "{certified} selections certified any mass");
+    assert!(
+        over_claims > 0,
+        "without the slack the scores never over-claimed: the test would not see a bad certificate"
+    );
+}
+
+#[test]
+fn mix_score_is_deterministic_across_backends_and_tree_matches_flat() {
+    // The mix score through the engine: identical outputs and selections whatever the RAM tier
+    // and backend; with per-head budgets and no mass rule the tree index reads exactly what
+    // flat reads (super-block scores are bounds, above every block's mix score).
+    // (One column per KV head: with several, the tree's first-level normalizers differ from
+    // flat's and so may the order in which a head's columns combine.)
+    let flat = SparseConfig {
+        mass: 1.0,
+        budget_tokens: 256,
+        recent_tokens: 64,
+        group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Head,
+        index: SparseIndex::Flat,
+        score: SparseScore::Mix,
+    };
+    let (a, sel_a) = run(Some(flat), 1 << 30, BackendKind::Pread);
+    let (b, sel_b) = run(Some(flat), 0, BackendKind::Uring);
+    assert_eq!(sel_a, sel_b);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let tree = SparseConfig {
+        index: SparseIndex::Tree,
+        ..flat
+    };
+    let (c, sel_c) = run(Some(tree), 1 << 30, BackendKind::Pread);
+    assert_eq!(sel_a, sel_c);
+    assert!(a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()));
+    // Mix selects differently from the bound alone (it is a different ranking) ...
+    let bound = SparseConfig {
+        score: SparseScore::Bound,
+        ..flat
+    };
+    let (d, _) = run(Some(bound), 1 << 30, BackendKind::Pread);
+    assert!(a.iter().zip(&d).any(|(x, y)| x != y), "mix ranked as bound");
+    // ... and with the default mass rule it stays sparse and deterministic.
+    let m95 = SparseConfig {
+        mass: 0.95,
+        group: GroupScore::Sum,
+        budget_scope: BudgetScope::Union,
+        ..flat
+    };
+    let (e, sel_e) = run(Some(m95), 1 << 30, BackendKind::Pread);
+    let (f, sel_f) = run(Some(m95), 64 * 1024, BackendKind::Mmap);
+    assert_eq!(sel_e, sel_f);
+    assert!(e.iter().zip(&f).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let candidates = 2 * 1200usize.div_ceil(32) as u64;
+    assert!(sel_e < candidates / 2, "{sel_e} of {candidates}");
 }

@@ -321,7 +321,16 @@ fn needle_text(key: &str) -> String {
 }
 
 fn check(target: usize, depths: &[usize]) {
-    let (modes, rows) = haystack(target, depths);
+    // `KVSPOOL_NEEDLE_DEPTHS=1,4`: only these depth indices (0-9) of the test's grid.
+    let only: Option<Vec<usize>> = std::env::var("KVSPOOL_NEEDLE_DEPTHS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let depths: Vec<usize> = depths
+        .iter()
+        .copied()
+        .filter(|d| only.as_ref().is_none_or(|o| o.contains(d)))
+        .collect();
+    let (modes, rows) = haystack(target, &depths);
     let dense_found = rows.iter().filter(|r| r.answers[REFERENCE].found).count();
     // The test means something only if the model does retrieve the key densely.
     assert!(
@@ -378,7 +387,7 @@ fn needle_4k_all_depths_sparse_retrieves_whenever_dense_does() {
 }
 
 #[test]
-#[ignore = "~8K-token prompts: 12-25 minutes on 2 cores; and it FAILS as of 2026-11-27: sparse misses the key at the 11% depth (dense finds it; with exact block masses, KVSPOOL_SPARSE_ORACLE=1, the same rule finds it: the key bounds misrank the needle), see docs/BENCHMARKS.md; run with --ignored"]
+#[ignore = "~8K-token prompts: 12-25 minutes on 2 cores (KVSPOOL_NEEDLE_DEPTHS=1,4 runs only those depth indices); with --sparse-score bound sparse misses the key at the 11% depth, the default mix score finds it (the other depths not yet re-run with mix), see docs/BENCHMARKS.md; run with --ignored"]
 fn needle_8k_all_depths_sparse_retrieves_whenever_dense_does() {
     check(8192, &(0..DEPTHS).collect::<Vec<_>>());
 }

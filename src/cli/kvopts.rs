@@ -70,6 +70,11 @@ pub struct CommonKv {
     /// it: pays only when keys cluster by position).
     #[arg(long, default_value = "flat", value_parser = ["flat", "tree"])]
     pub sparse_index: String,
+    /// Sparse attention: what ranks a block: mix (half the key bound, half the mean key's logit)
+    /// or bound (the Quest key bound alone). Mix is more accurate (docs/BENCHMARKS.md) and costs
+    /// a third row per block.
+    #[arg(long, default_value = "mix", value_parser = ["mix", "bound"])]
+    pub sparse_score: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
     pub kv_policy: String,
@@ -275,6 +280,11 @@ impl CommonKv {
                     kvspool::kv::tiered::SparseIndex::Tree
                 } else {
                     kvspool::kv::tiered::SparseIndex::Flat
+                },
+                score: if self.sparse_score == "bound" {
+                    kvspool::kv::tiered::SparseScore::Bound
+                } else {
+                    kvspool::kv::tiered::SparseScore::Mix
                 },
             });
         }

@@ -229,14 +229,17 @@ impl BlockGeometry {
     }
 }
 
-/// Per-channel min and max of the decoded keys of one block, for every KV head.
+/// Per-channel min, max and sum of the decoded keys of one block, for every KV head.
 ///
-/// With no key added, `min = +∞` and `max = −∞` (an empty interval).
+/// With no key added, `min = +∞` and `max = −∞` (an empty interval) and the mean is 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyBounds {
     head_dim: usize,
     min: Vec<f32>,
     max: Vec<f32>,
+    /// Per-channel sum of the keys added, and per head how many.
+    sum: Vec<f32>,
+    count: Vec<u32>,
 }
 
 impl KeyBounds {
@@ -246,18 +249,39 @@ impl KeyBounds {
             head_dim,
             min: vec![f32::INFINITY; n_head_kv * head_dim],
             max: vec![f32::NEG_INFINITY; n_head_kv * head_dim],
+            sum: vec![0.0; n_head_kv * head_dim],
+            count: vec![0; n_head_kv],
         }
     }
 
-    /// Bounds of `min.len() / head_dim` heads from their per-channel minima and maxima.
+    /// Bounds of `min.len() / head_dim` heads from their per-channel minima and maxima (no
+    /// mean: [`Self::mean`] is 0).
     pub fn from_parts(head_dim: usize, min: Vec<f32>, max: Vec<f32>) -> Self {
-        KeyBounds { head_dim, min, max }
+        let n = min.len();
+        KeyBounds {
+            head_dim,
+            min,
+            max,
+            sum: vec![0.0; n],
+            count: vec![0; n / head_dim.max(1)],
+        }
     }
 
     /// Back to empty without reallocating.
     pub fn reset(&mut self) {
         self.min.iter_mut().for_each(|x| *x = f32::INFINITY);
         self.max.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+        self.sum.iter_mut().for_each(|x| *x = 0.0);
+        self.count.iter_mut().for_each(|x| *x = 0);
+    }
+
+    /// Per-channel mean of the keys of `kv_head` added so far (0 with none) into `out`.
+    pub fn mean(&self, kv_head: usize, out: &mut [f32]) {
+        let d = self.head_dim;
+        let n = self.count.get(kv_head).copied().unwrap_or(0).max(1) as f32;
+        for (o, &x) in out.iter_mut().zip(&self.sum[kv_head * d..][..d]) {
+            *o = x / n;
+        }
     }
 
     /// Widen the bounds of `kv_head` to include `key` (`head_dim` values).
@@ -269,6 +293,10 @@ impl KeyBounds {
             *l = l.min(k);
             *h = h.max(k);
         }
+        for (s, &k) in self.sum[kv_head * d..][..d].iter_mut().zip(key) {
+            *s += k;
+        }
+        self.count[kv_head] += 1;
     }
 
     /// Per-channel minimum of `kv_head`.

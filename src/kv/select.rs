@@ -64,6 +64,10 @@ pub(crate) struct Scores<'a> {
     /// selection.
     pub span: usize,
     pub supers: Vec<f32>,
+    /// Per column (empty: all 0): how far a block's score may lie *below* an upper bound of
+    /// its logits (`score + slack ≥ bound`; [`super::tiered::SparseScore::Mix`]). The
+    /// certified mass rule counts the unselected side at `exp(slack)` times its weight.
+    pub slack: Vec<f32>,
 }
 
 /// A heap entry: a block or a super-block of one KV head, by key (then lower first block).
@@ -180,6 +184,10 @@ pub(crate) fn select(
         .map(super_tokens)
         .chain(loose.clone().map(|b| (tokens[b], tokens[b])))
         .collect();
+    // The certificate's factor per column: unselected weights count `exp(slack)` times.
+    let boost: Vec<f64> = (0..cols)
+        .map(|c| (sc.slack.get(c).copied().unwrap_or(0.0).max(0.0) as f64).exp())
+        .collect();
     let mut e = vec![0.0f32; cols * n1];
     let mut col_sum = vec![0.0f32; cols];
     let mut cert_unsel = vec![0.0f64; cols];
@@ -193,7 +201,7 @@ pub(crate) fn select(
             sum += (tok as f32 * x) as f64;
         }
         col_sum[c] = sum as f32;
-        cert_unsel[c] = sum;
+        cert_unsel[c] = sum * boost[c];
     }
     let inv: Vec<f32> = col_sum
         .iter()
@@ -241,7 +249,9 @@ pub(crate) fn select(
                 for si in 0..per_head {
                     let c = h * per_head + si;
                     let k = max_blocks.min(n1);
-                    let total = cert_unsel[c].max(f64::MIN_POSITIVE);
+                    // (Unscaled: the certificate is at most the selected share of the
+                    // scores' own weights, whatever the boost.)
+                    let total = (cert_unsel[c] / boost[c]).max(f64::MIN_POSITIVE);
                     // k weights of at most `heaviest` each (exp ≤ 1) bound the top k.
                     let top = if k as f64 * heaviest < total * cfg.mass as f64 {
                         k as f64 * heaviest
@@ -325,7 +335,7 @@ pub(crate) fn select(
         if lower.is_some() {
             for si in 0..per_head {
                 let c = h * per_head + si;
-                bk.cert_unsel[c] -= weight(tok, sc.supers[c * n_super + s], c) as f64;
+                bk.cert_unsel[c] -= weight(tok, sc.supers[c * n_super + s], c) as f64 * boost[c];
             }
         }
         for (i, b) in (lo..hi).enumerate() {
@@ -338,7 +348,7 @@ pub(crate) fn select(
                 let w = weight(tokens[b], v, c);
                 key += w * inv[c];
                 if lower.is_some() {
-                    bk.cert_unsel[c] += w as f64;
+                    bk.cert_unsel[c] += w as f64 * boost[c];
                 }
             }
             bk.heaps[h].push(Cand {
@@ -365,7 +375,9 @@ pub(crate) fn select(
         let mut pot = 0.0f64;
         for si in 0..per_head {
             let c = h * per_head + si;
-            let w_top = top.map_or(0.0, |k| k as f64 * col_sum[c] as f64 * per_head as f64);
+            let w_top = top.map_or(0.0, |k| {
+                k as f64 * col_sum[c] as f64 * per_head as f64 * boost[c]
+            });
             let den = bk.cert_sel[c] + bk.cert_unsel[c];
             pot += if den > 0.0 {
                 ((bk.cert_sel[c] + r as f64 * w_top) / den).min(1.0)
@@ -405,7 +417,7 @@ pub(crate) fn select(
                     let c = h * per_head + s;
                     if known {
                         bk.cert_unsel[c] =
-                            (bk.cert_unsel[c] - weight(tokens[b], u, c) as f64).max(0.0);
+                            (bk.cert_unsel[c] - weight(tokens[b], u, c) as f64 * boost[c]).max(0.0);
                     }
                     let l = lb[c].min(u);
                     bk.cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
@@ -551,6 +563,9 @@ pub(crate) fn upper_from(
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BoundTiles {
     n: usize,
+    /// Channels: elements `0..d` are rounded up (maxima), `d..2d` down (minima), the rest (a
+    /// mean row, [`Self::with_mean`]) to nearest.
+    d: usize,
     rows: usize,
     q: Vec<u16>,
 }
@@ -576,12 +591,30 @@ fn bf16_to_f32(x: u16) -> f32 {
 }
 
 impl BoundTiles {
+    /// Rows `[max | min]` of `n = 2·d`.
     pub fn new(n: usize) -> Self {
         BoundTiles {
             n,
+            d: n / 2,
             rows: 0,
             q: Vec::new(),
         }
+    }
+
+    /// Rows `[max | min | mean]` of `3·d`: the mean is rounded to nearest, so it stays inside
+    /// the stored `[min, max]` of its channel.
+    pub fn with_mean(d: usize) -> Self {
+        BoundTiles {
+            n: 3 * d,
+            d,
+            rows: 0,
+            q: Vec::new(),
+        }
+    }
+
+    /// Elements per row.
+    pub fn width(&self) -> usize {
+        self.n
     }
 
     /// Rows stored.
@@ -602,7 +635,11 @@ impl BoundTiles {
         }
         let base = (r / COL_TILE) * n * COL_TILE + r % COL_TILE;
         for (j, &x) in row.iter().enumerate().take(n) {
-            self.q[base + j * COL_TILE] = bf16_directed(x, j < n / 2);
+            self.q[base + j * COL_TILE] = if j < 2 * self.d {
+                bf16_directed(x, j < self.d)
+            } else {
+                half::bf16::from_f32(x).to_bits()
+            };
         }
         self.rows += 1;
     }
@@ -669,8 +706,8 @@ impl BoundTiles {
         }
     }
 
-    /// The bounds of the union of tile `t`'s rows, for rows `[max | min]` of
-    /// `2·d`: the elementwise max of the first halves and min of the second halves.
+    /// The bounds of the union of tile `t`'s rows (`[max | min]`, `2·d`; a mean part is not
+    /// carried): the elementwise max of the maxima and min of the minima.
     pub fn union_row(&self, t: usize, d: usize) -> Vec<f32> {
         let c = (self.rows - t * COL_TILE).min(COL_TILE);
         let mut acc: Vec<f32> = (0..2 * d)
@@ -746,6 +783,42 @@ mod tests {
         // Rounding up past the largest finite bf16 gives +inf, still a bound.
         assert_eq!(bf16_to_f32(bf16_directed(3.3999e38, true)), f32::INFINITY);
         assert!(bf16_to_f32(bf16_directed(f32::NAN, true)).is_nan());
+    }
+
+    #[test]
+    fn mean_rows_round_to_nearest_inside_the_stored_box() {
+        // Rows [max | min | mean] of 3 channels, the mean anywhere in [min, max] (also at an
+        // end): the stored max ≥ max, min ≤ min, and the stored mean within one bf16 step of
+        // the mean and inside the stored [min, max] (the mix score's slack relies on it).
+        let d = 3;
+        let mut t = BoundTiles::with_mean(d);
+        assert_eq!(t.width(), 9);
+        let mut rows = Vec::new();
+        for i in 0..40 {
+            let mut r = vec![0.0f32; 3 * d];
+            for j in 0..d {
+                let (lo, hi) = (-1.3f32 + 0.017 * i as f32, 0.7f32 + 0.031 * (i * j) as f32);
+                let f = [0.0f32, 1.0, 0.5, 0.123][(i + j) % 4];
+                r[j] = hi;
+                r[d + j] = lo;
+                r[2 * d + j] = lo + (hi - lo) * f;
+            }
+            t.push(&r);
+            rows.push(r);
+        }
+        let mut got = vec![0.0f32; 3 * d];
+        for (i, r) in rows.iter().enumerate() {
+            t.row(i, &mut got);
+            for j in 0..d {
+                assert!(got[j] >= r[j] && got[d + j] <= r[d + j], "row {i}");
+                let m = got[2 * d + j];
+                assert!(
+                    m >= got[d + j] && m <= got[j],
+                    "row {i}: mean {m} outside the box"
+                );
+                assert!((m - r[2 * d + j]).abs() <= r[2 * d + j].abs() / 256.0 + 1e-30);
+            }
+        }
     }
 
     #[test]

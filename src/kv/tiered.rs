@@ -131,6 +131,35 @@ pub struct SparseConfig {
     pub budget_scope: BudgetScope,
     /// Score every block, or super-blocks first (a two-level index).
     pub index: SparseIndex,
+    /// What ranks the blocks: the key bound alone, or mixed with the mean key.
+    pub score: SparseScore,
+}
+
+/// Weight of the key bound in [`SparseScore::Mix`] (the mean key's logit gets `1 − MIX_ALPHA`).
+pub const MIX_ALPHA: f32 = 0.5;
+
+/// `--sparse-score`: what ranks a block for a query head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SparseScore {
+    /// The Quest bound of the block's logits, `Σ_j max(q_j·min_j, q_j·max_j)`.
+    Bound,
+    /// `α · bound + (1 − α) · q·k̄` with `α` = [`MIX_ALPHA`] and `k̄` the block's mean key: a
+    /// block whose keys only *could* align with the query (a wide box) ranks below one whose
+    /// keys do on average. Not itself a bound: the certified mass rule adds
+    /// `(1 − α)·‖q‖·max_b ‖max_b − min_b‖` (≥ bound − score for every block) to the unselected
+    /// side. Costs a third row per block (the mean) in scoring and memory.
+    #[default]
+    Mix,
+}
+
+impl SparseScore {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseScore::Bound => "bound",
+            SparseScore::Mix => "mix",
+        }
+    }
 }
 
 /// Blocks per super-block of the two-level index (`--sparse-index tree`).
@@ -206,6 +235,7 @@ impl Default for SparseConfig {
             dense_layers: 0,
             budget_scope: BudgetScope::Union,
             index: SparseIndex::Flat,
+            score: SparseScore::Mix,
         }
     }
 }
@@ -274,6 +304,29 @@ pub fn select_blocks_certified(
     .map(|s| (s.blocks, s.mass))
 }
 
+/// [`select_blocks_certified`] for scores that are not bounds themselves: `scores + slack[c]`
+/// bounds every logit of column `c` (as [`SparseScore::Mix`]); the blocks are taken in score
+/// order and the certificate counts the unselected side at `exp(slack)` times its weight.
+pub fn select_blocks_certified_slack(
+    scores: &[f32],
+    lower: &[f32],
+    slack: &[f32],
+    n_kv: usize,
+    per_head: usize,
+    tokens: &[usize],
+    cfg: &SparseConfig,
+) -> Option<(Vec<(usize, u32)>, f32)> {
+    let cols = n_kv * per_head;
+    if lower.len() != scores.len() || cols == 0 || slack.len() != cols {
+        return None;
+    }
+    let lb = |b: usize, out: &mut [f32]| out.copy_from_slice(&lower[b * cols..(b + 1) * cols]);
+    let upper = select::upper_from(scores, n_kv, per_head);
+    let mut sc = flat_scores(scores, n_kv, per_head, tokens);
+    sc.slack = slack.to_vec();
+    select::select(sc, &upper, Some(&lb), cfg).map(|s| (s.blocks, s.mass))
+}
+
 /// A selection (blocks with their head masks), its mean certified mass and the number of
 /// (super-block, KV head) expansions it needed.
 pub type IndexedSelection = (Vec<(usize, u32)>, f32, usize);
@@ -320,7 +373,14 @@ fn flat_scores<'a>(
         blocks: transpose(scores, n_kv * per_head),
         span: 0,
         supers: Vec::new(),
+        slack: Vec::new(),
     }
+}
+
+/// `‖max − min‖₂`, rounded up (a relative 1e-5 over the f32 sum's error).
+fn box_width(max: &[f32], min: &[f32]) -> f32 {
+    let s: f32 = max.iter().zip(min).map(|(a, b)| (a - b) * (a - b)).sum();
+    s.sqrt() * (1.0 + 1e-5)
 }
 
 /// `[r · cols + c]` → `[c · rows + r]`.
@@ -592,6 +652,10 @@ struct LayerKv {
     /// `[max | min]`, kept as column-major tiles of 16 blocks (scoring a tile against a query
     /// group is one `col_dots`).
     bound_rows: Vec<BoundTiles>,
+    /// Per KV head: the largest `‖max − min‖₂` of a sealed block's stored bounds (rounded up;
+    /// never lowered by a truncation, so still an upper bound), for the certificate of
+    /// [`SparseScore::Mix`].
+    width_max: Vec<f32>,
     /// The same per complete super-block of [`SUPER_SPAN`] sealed blocks (= one tile of
     /// `bound_rows`): the bounds of the union of their keys. Kept only with
     /// `--sparse-index tree` (empty otherwise).
@@ -857,7 +921,15 @@ impl TieredKv {
                 len: 0,
                 window,
                 sealed: Vec::new(),
-                bound_rows: vec![BoundTiles::new(2 * geo.head_dim); geo.n_head_kv],
+                bound_rows: vec![
+                    if cfg.sparse.is_some_and(|sp| sp.score == SparseScore::Mix) {
+                        BoundTiles::with_mean(geo.head_dim)
+                    } else {
+                        BoundTiles::new(2 * geo.head_dim)
+                    };
+                    geo.n_head_kv
+                ],
+                width_max: vec![0.0; geo.n_head_kv],
                 super_rows: vec![BoundTiles::new(2 * geo.head_dim); geo.n_head_kv],
                 ring: VecDeque::new(),
                 tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
@@ -1145,11 +1217,20 @@ impl TieredKv {
         };
         let l = &mut self.layers[layer];
         let d = self.geo.head_dim;
-        let mut row = vec![0.0f32; 2 * d];
+        let mut row = vec![0.0f32; l.bound_rows[0].width()];
         for (h, rows) in l.bound_rows.iter_mut().enumerate() {
             row[..d].copy_from_slice(l.tail_bounds.max(h));
-            row[d..].copy_from_slice(l.tail_bounds.min(h));
+            row[d..2 * d].copy_from_slice(l.tail_bounds.min(h));
+            if row.len() > 2 * d {
+                l.tail_bounds.mean(h, &mut row[2 * d..]);
+            }
             rows.push(&row);
+            // The stored (rounded) box's width, for the mix score's certificate.
+            rows.row(rows.len() - 1, &mut row);
+            let w = box_width(&row[..d], &row[d..2 * d]);
+            if w.is_finite() {
+                l.width_max[h] = l.width_max[h].max(w);
+            }
         }
         l.tail_bounds.reset();
         l.sealed.push(Sealed { slot });
@@ -1555,6 +1636,21 @@ impl TieredKv {
             }
         }
         let l = &self.layers[layer];
+        // Mix: the block rows are `[max | min | mean]`, scored against `[α·qp | α·qn | (1−α)·q]`.
+        let mix = l.bound_rows[0].width() == 3 * d;
+        let qmix: Vec<f32> = if mix {
+            let mut v = vec![0.0f32; n_q * 3 * d];
+            for h in 0..n_q {
+                for j in 0..d {
+                    v[h * 3 * d + j] = MIX_ALPHA * qpn[h * 2 * d + j];
+                    v[h * 3 * d + d + j] = MIX_ALPHA * qpn[h * 2 * d + d + j];
+                    v[h * 3 * d + 2 * d + j] = (1.0 - MIX_ALPHA) * qy.q[h * d + j] * qy.scale;
+                }
+            }
+            v
+        } else {
+            Vec::new()
+        };
         let n_sealed = l.sealed.len().min(nb);
         let row = 2 * d;
         let complete = l.super_rows[0].len().min(n_sealed / SUPER_SPAN);
@@ -1574,7 +1670,12 @@ impl TieredKv {
                           dst: &mut [f32],
                           rs: usize,
                           cs: usize| {
-            let qs = &qpn[g * group * row..(g + 1) * group * row];
+            let (src, w) = if rows.width() == 3 * d {
+                (&qmix, 3 * d)
+            } else {
+                (&qpn, row)
+            };
+            let qs = &src[g * group * w..(g + 1) * group * w];
             let count = b - a;
             let mut out = vec![0.0f32; group * count];
             rows.dots(qs, a, b, &mut out, count);
@@ -1596,9 +1697,18 @@ impl TieredKv {
             for s in 0..per_head {
                 dst[s * cs] = f32::NEG_INFINITY;
             }
+            let mut mean = [0.0f32; MAX_HEAD_DIM];
+            if mix {
+                l.tail_bounds.mean(g, &mut mean[..d]);
+            }
             for hq in 0..group {
-                let q = &qpn[(g * group + hq) * row..(g * group + hq + 1) * row];
-                let x = l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
+                let h = g * group + hq;
+                let q = &qpn[h * row..(h + 1) * row];
+                let mut x = l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
+                if mix {
+                    let qm: f32 = (0..d).map(|j| qmix[h * 3 * d + 2 * d + j] * mean[j]).sum();
+                    x = MIX_ALPHA * x + qm;
+                }
                 let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
                 let c = &mut dst[(hq % per_head) * cs];
                 *c = c.max(x);
@@ -1650,11 +1760,11 @@ impl TieredKv {
         // takes the smallest over its group (a bound valid for every head of the group).
         let lower = |b: usize, out: &mut [f32]| {
             // The row with its halves swapped, `[min | max]`, against `[qp | qn]`.
-            let (mut r, mut sw) = (vec![0.0f32; row], vec![0.0f32; row]);
+            let (mut r, mut sw) = (vec![0.0f32; 3 * d], vec![0.0f32; row]);
             for g in 0..n_kv {
                 if b < n_sealed {
                     l.bound_rows[g].row(b, &mut r);
-                    sw[..d].copy_from_slice(&r[d..]);
+                    sw[..d].copy_from_slice(&r[d..2 * d]);
                     sw[d..].copy_from_slice(&r[..d]);
                 } else {
                     sw[..d].copy_from_slice(l.tail_bounds.min(g));
@@ -1673,6 +1783,34 @@ impl TieredKv {
                 }
             }
         };
+        // Mix scores lie below the bounds by at most (1 − α)·‖q‖·‖max − min‖ per block
+        // (the mean is inside the box): per column, that with the widest box of the head.
+        let slack: Vec<f32> = if mix {
+            let mut v = vec![0.0f32; cols];
+            for g in 0..n_kv {
+                let mut w = l.width_max[g];
+                if nb > n_sealed {
+                    let t = box_width(l.tail_bounds.max(g), l.tail_bounds.min(g));
+                    if t.is_finite() {
+                        w = w.max(t);
+                    }
+                }
+                for hq in 0..group {
+                    let h = g * group + hq;
+                    let qn: f32 = qy.q[h * d..(h + 1) * d]
+                        .iter()
+                        .map(|x| x * x)
+                        .sum::<f32>()
+                        .sqrt();
+                    let x = (1.0 - MIX_ALPHA) * qn * qy.scale.abs() * w * (1.0 + 1e-5);
+                    let c = g * per_head + hq % per_head;
+                    v[c] = v[c].max(x);
+                }
+            }
+            v
+        } else {
+            Vec::new()
+        };
         let sc = select::Scores {
             n_kv,
             per_head,
@@ -1680,6 +1818,7 @@ impl TieredKv {
             blocks,
             span: SUPER_SPAN,
             supers,
+            slack,
         };
         select::select(sc, &upper, Some(&lower), sp)
     }
