@@ -516,6 +516,24 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
     assert!(expansions > 0, "the index was never exercised");
 }
 
+/// The attention mass a selection really holds, averaged over the KV heads, for blocks of 16
+/// positions whose logits all equal `exact[b · n_kv + h]`.
+fn exact_mass(sel: &[(usize, u32)], exact: &[f32], n_kv: usize) -> f64 {
+    let nb = exact.len() / n_kv;
+    let mut m = 0.0f64;
+    for h in 0..n_kv {
+        let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
+        let all: f64 = (0..nb).map(w).sum();
+        let got: f64 = sel
+            .iter()
+            .filter(|&&(_, m)| m & (1 << h) != 0)
+            .map(|&(b, _)| w(b))
+            .sum();
+        m += got / all;
+    }
+    m / n_kv as f64
+}
+
 #[test]
 fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
     // Random blocks whose exact logits lie inside [lower, upper]: whatever the selection, the
@@ -552,18 +570,7 @@ fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
         let Some((sel, mass)) = select_blocks_certified(&ub, &lb, n_kv, 1, &tokens, &cfg) else {
             continue;
         };
-        let mut true_mass = 0.0f64;
-        for h in 0..n_kv {
-            let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
-            let all: f64 = (0..nb).map(w).sum();
-            let got: f64 = sel
-                .iter()
-                .filter(|&&(_, m)| m & (1 << h) != 0)
-                .map(|&(b, _)| w(b))
-                .sum();
-            true_mass += got / all;
-        }
-        true_mass /= n_kv as f64;
+        let true_mass = exact_mass(&sel, &exact, n_kv);
         assert!(
             mass as f64 <= true_mass + 1e-5,
             "trial {trial}: certified {mass} > exact {true_mass}"
@@ -621,26 +628,12 @@ fn certified_mass_with_slack_never_exceeds_the_exact_mass() {
             index: SparseIndex::Flat,
             score: SparseScore::Mix,
         };
-        let exact_mass = |sel: &[(usize, u32)]| {
-            let mut m = 0.0f64;
-            for h in 0..n_kv {
-                let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
-                let all: f64 = (0..nb).map(w).sum();
-                let got: f64 = sel
-                    .iter()
-                    .filter(|&&(_, m)| m & (1 << h) != 0)
-                    .map(|&(b, _)| w(b))
-                    .sum();
-                m += got / all;
-            }
-            m / n_kv as f64
-        };
         // The same scores taken as bounds (no slack): their certificate can over-claim.
         let zero = vec![0.0f32; n_kv];
         if let Some((sel0, m0)) =
             select_blocks_certified_slack(&score, &lb, &zero, n_kv, 1, &tokens, &cfg)
         {
-            if m0 as f64 > exact_mass(&sel0) + 1e-5 {
+            if m0 as f64 > exact_mass(&sel0, &exact, n_kv) + 1e-5 {
                 over_claims += 1;
             }
         }
@@ -652,18 +645,7 @@ fn certified_mass_with_slack_never_exceeds_the_exact_mass() {
         if mass > 0.0 {
             certified += 1;
         }
-        let mut true_mass = 0.0f64;
-        for h in 0..n_kv {
-            let w = |b: usize| (exact[b * n_kv + h] as f64).exp() * 16.0;
-            let all: f64 = (0..nb).map(w).sum();
-            let got: f64 = sel
-                .iter()
-                .filter(|&&(_, m)| m & (1 << h) != 0)
-                .map(|&(b, _)| w(b))
-                .sum();
-            true_mass += got / all;
-        }
-        true_mass /= n_kv as f64;
+        let true_mass = exact_mass(&sel, &exact, n_kv);
         assert!(
             mass as f64 <= true_mass + 1e-5,
             "trial {trial}: certified {mass} > exact {true_mass}"

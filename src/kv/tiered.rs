@@ -152,16 +152,6 @@ pub enum SparseScore {
     Mix,
 }
 
-impl SparseScore {
-    /// The flag value.
-    pub fn name(self) -> &'static str {
-        match self {
-            SparseScore::Bound => "bound",
-            SparseScore::Mix => "mix",
-        }
-    }
-}
-
 /// Blocks per super-block of the two-level index (`--sparse-index tree`).
 pub const SUPER_SPAN: usize = 16;
 
@@ -289,19 +279,8 @@ pub fn select_blocks_certified(
     tokens: &[usize],
     cfg: &SparseConfig,
 ) -> Option<(Vec<(usize, u32)>, f32)> {
-    let cols = n_kv * per_head;
-    if lower.len() != scores.len() || cols == 0 {
-        return None;
-    }
-    let lb = |b: usize, out: &mut [f32]| out.copy_from_slice(&lower[b * cols..(b + 1) * cols]);
-    let upper = select::upper_from(scores, n_kv, per_head);
-    select::select(
-        flat_scores(scores, n_kv, per_head, tokens),
-        &upper,
-        Some(&lb),
-        cfg,
-    )
-    .map(|s| (s.blocks, s.mass))
+    let zero = vec![0.0f32; n_kv * per_head];
+    select_blocks_certified_slack(scores, lower, &zero, n_kv, per_head, tokens, cfg)
 }
 
 /// [`select_blocks_certified`] for scores that are not bounds themselves: `scores + slack[c]`
