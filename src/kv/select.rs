@@ -20,8 +20,8 @@
 //! - each head takes its blocks in the flat order (by upper-bound key, lower index on ties);
 //!   without super-blocks the whole selection is the flat one, with them the comparison across
 //!   heads uses the first level's normalizers, so a union selection may differ slightly;
-//! - the key bounds are stored as bf16 tiles rounded outwards ([`BoundTiles`]), so every stored
-//!   bound is still a bound;
+//! - the key bounds are stored as bf16 center/radius tiles whose boxes contain the exact ones
+//!   ([`BoundTiles`]), so every stored bound is still a bound;
 //! - the selection holds at most `budget_tokens` (counting the forced blocks), and `None` means
 //!   "read densely" (over 3/4 of the blocks, degenerate scores, or more than 32 KV heads).
 
@@ -552,20 +552,32 @@ pub(crate) fn upper_from(
     }
 }
 
-/// Key-bound rows `[max | min]` of `n = 2·d` values kept as column-major bf16 tiles of
-/// [`COL_TILE`] rows (row `r`, element `j` at `q[(r / T)·n·T + j·T + r % T]`), so that scoring
-/// 16 blocks against a query group is one [`crate::kernels::col_dots_bf16`] call (no
-/// horizontal sums) over half the f32 bytes.
+/// The key bounds of sealed blocks as *center and radius* rows, kept as column-major bf16
+/// tiles of [`COL_TILE`] rows (row `r`, element `j` at `q[(r / T)·n·T + j·T + r % T]`), so
+/// that scoring 16 blocks against a query group is one [`crate::kernels::col_dots_bf16`] call
+/// (no horizontal sums) over the first `2·d` elements of each row ([`Self::scan_width`]).
 ///
-/// Invariants: every element is rounded *outwards* to bf16 (a `max` element up, a `min`
-/// element down: at most 2⁻⁸ relative), so a stored row still bounds every key of its block;
-/// unused columns of the last tile hold zeros and are never returned.
+/// A block whose keys lie in `[min, max]` per channel is stored as a center `c` and a radius
+/// `r ≥ 0` with `[c − r, c + r] ⊇ [min, max]`; its upper bound of `q·k` is then one dot product,
+/// `q·c + |q|·r` (against the query row `[q | |q|]`), and its lower bound `q·c − |q|·r`.
+///
+/// Layouts: bound rows (`new`) are `[c | r]`; mix rows (`with_mean`) are `[s | r | c]` with
+/// `s ≈ α·c + (1 − α)·mean`, so the mix score `α·bound + (1 − α)·q·mean` is the single dot
+/// product `q·s + α|q|·r` against `[q | α|q|]` (two thirds of the bytes of scoring the bound
+/// and the mean separately).
+///
+/// Invariants: `c` is rounded to nearest, then `r` is computed in f64 from the rounded center
+/// and rounded *up*, so every stored box contains its block's keys; a row with a non-finite or
+/// empty box is stored as `c = 0, r = +∞` (its bound is +∞); unused columns of the last tile
+/// hold zeros and are never returned. For a mix row, [`Self::push`] returns the row's slack
+/// width `‖c − s‖₂ + (1 − α)·‖r‖₂` (rounded up): `bound − score ≤ ‖q‖ · width`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BoundTiles {
+    /// Elements per row: `2·d` (bound) or `3·d` (mix).
     n: usize,
-    /// Channels: elements `0..d` are rounded up (maxima), `d..2d` down (minima), the rest (a
-    /// mean row, [`Self::with_mean`]) to nearest.
     d: usize,
+    /// Mix rows: the bound's weight α.
+    alpha: f32,
     rows: usize,
     q: Vec<u16>,
 }
@@ -586,35 +598,69 @@ pub(crate) fn bf16_directed(x: f32, up: bool) -> u16 {
     }
 }
 
+/// The smallest bf16 `≥ x` for `x ≥ 0` (f64, so a radius computed exactly stays a bound).
+fn bf16_up_nonneg(x: f64) -> u16 {
+    let mut b = bf16_directed(x as f32, true);
+    // `x as f32` rounds to nearest: at most one more step.
+    while (bf16_to_f32(b) as f64) < x {
+        b += 1;
+    }
+    b
+}
+
+fn bf16_nearest(x: f64) -> u16 {
+    half::bf16::from_f32(x as f32).to_bits()
+}
+
 fn bf16_to_f32(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
 }
 
+/// `x` as f32 rounded towards +∞ (`up`) or −∞.
+fn f32_directed(x: f64, up: bool) -> f32 {
+    let f = x as f32;
+    if up && (f as f64) < x {
+        f.next_up()
+    } else if !up && (f as f64) > x {
+        f.next_down()
+    } else {
+        f
+    }
+}
+
+const BF16_INF: u16 = 0x7f80;
+
 impl BoundTiles {
-    /// Rows `[max | min]` of `n = 2·d`.
-    pub fn new(n: usize) -> Self {
+    /// Bound rows `[c | r]` of `2·d`.
+    pub fn new(d: usize) -> Self {
         BoundTiles {
-            n,
-            d: n / 2,
+            n: 2 * d,
+            d,
+            alpha: 1.0,
             rows: 0,
             q: Vec::new(),
         }
     }
 
-    /// Rows `[max | min | mean]` of `3·d`: the mean is rounded to nearest, so it stays inside
-    /// the stored `[min, max]` of its channel.
-    pub fn with_mean(d: usize) -> Self {
+    /// Mix rows `[s | r | c]` of `3·d`, the bound weighted by `alpha` (in `(0, 1]`).
+    pub fn with_mean(d: usize, alpha: f32) -> Self {
         BoundTiles {
             n: 3 * d,
             d,
+            alpha,
             rows: 0,
             q: Vec::new(),
         }
     }
 
-    /// Elements per row.
-    pub fn width(&self) -> usize {
-        self.n
+    /// Elements per query row of [`Self::dots`]: `2·d`.
+    pub fn scan_width(&self) -> usize {
+        2 * self.d
+    }
+
+    /// Whether the rows score the mix (`[s | r | c]`).
+    pub fn is_mix(&self) -> bool {
+        self.n == 3 * self.d
     }
 
     /// Rows stored.
@@ -627,21 +673,49 @@ impl BoundTiles {
         self.q.len() * std::mem::size_of::<u16>()
     }
 
-    /// Append one row (`row.len() == n`).
-    pub fn push(&mut self, row: &[f32]) {
-        let (n, r) = (self.n, self.rows);
+    /// Append the box `[min, max]` (`d` channels each) and, for mix rows, the block's mean key.
+    /// Returns the row's slack width for mix rows (see the type docs), 0 for bound rows.
+    pub fn push(&mut self, max: &[f32], min: &[f32], mean: Option<&[f32]>) -> f32 {
+        let (n, d, r) = (self.n, self.d, self.rows);
         if r.is_multiple_of(COL_TILE) {
             self.q.resize(self.q.len() + n * COL_TILE, 0);
         }
         let base = (r / COL_TILE) * n * COL_TILE + r % COL_TILE;
-        for (j, &x) in row.iter().enumerate().take(n) {
-            self.q[base + j * COL_TILE] = if j < 2 * self.d {
-                bf16_directed(x, j < self.d)
+        let mix = self.is_mix();
+        let a = self.alpha as f64;
+        let (mut dist2, mut rad2) = (0.0f64, 0.0f64);
+        for j in 0..d {
+            let (hi, lo) = (max[j] as f64, min[j] as f64);
+            let (c, rad) = if hi.is_finite() && lo.is_finite() && lo <= hi {
+                let c = bf16_nearest(0.5 * (hi + lo));
+                let cf = bf16_to_f32(c) as f64;
+                (c, bf16_up_nonneg((hi - cf).max(cf - lo)))
             } else {
-                half::bf16::from_f32(x).to_bits()
+                (0, BF16_INF)
             };
+            let (cf, rf) = (bf16_to_f32(c) as f64, bf16_to_f32(rad) as f64);
+            rad2 += rf * rf;
+            self.q[base + (d + j) * COL_TILE] = rad;
+            if mix {
+                let m = mean.map_or(cf, |m| m[j] as f64);
+                let s = bf16_nearest(a * cf + (1.0 - a) * m);
+                let sf = bf16_to_f32(s) as f64;
+                dist2 += (cf - sf) * (cf - sf);
+                self.q[base + j * COL_TILE] = s;
+                self.q[base + (2 * d + j) * COL_TILE] = c;
+            } else {
+                self.q[base + j * COL_TILE] = c;
+            }
         }
         self.rows += 1;
+        if mix {
+            f32_directed(
+                (dist2.sqrt() + (1.0 - a) * rad2.sqrt()) * (1.0 + 1e-9),
+                true,
+            )
+        } else {
+            0.0
+        }
     }
 
     /// Keep the first `rows` rows.
@@ -661,7 +735,7 @@ impl BoundTiles {
         }
     }
 
-    /// Row `r` into `out` (`out.len() >= n`).
+    /// Row `r`'s stored elements into `out` (`out.len() >= width`).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
         for (j, o) in out.iter_mut().enumerate().take(self.n) {
@@ -669,16 +743,27 @@ impl BoundTiles {
         }
     }
 
-    /// `out[q·ldo + (r − lo)] = qs[q] · row r` for rows `lo..hi` and the `qs.len() / n`
-    /// queries (transposed once, then one kernel call per tile).
+    /// Row `r`'s center and radius (`d` each).
+    pub fn center_radius(&self, r: usize, c: &mut [f32], rad: &mut [f32]) {
+        let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
+        let d = self.d;
+        let c0 = if self.is_mix() { 2 * d } else { 0 };
+        for j in 0..d {
+            c[j] = bf16_to_f32(self.q[base + (c0 + j) * COL_TILE]);
+            rad[j] = bf16_to_f32(self.q[base + (d + j) * COL_TILE]);
+        }
+    }
+
+    /// `out[q·ldo + (r − lo)] = qs[q] · row r[..scan_width]` for rows `lo..hi` and the
+    /// `qs.len() / scan_width` queries (transposed once, then one kernel call per tile).
     pub fn dots(&self, qs: &[f32], lo: usize, hi: usize, out: &mut [f32], ldo: usize) {
-        let n = self.n;
-        let nq = qs.len() / n.max(1);
+        let (n, ns) = (self.n, self.scan_width());
+        let nq = qs.len() / ns.max(1);
         if nq == 0 {
             return;
         }
-        let mut qt = vec![0.0f32; n * nq];
-        for (q, row) in qs.chunks_exact(n).enumerate() {
+        let mut qt = vec![0.0f32; ns * nq];
+        for (q, row) in qs.chunks_exact(ns).enumerate() {
             for (j, &x) in row.iter().enumerate() {
                 qt[j * nq + q] = x;
             }
@@ -688,7 +773,7 @@ impl BoundTiles {
         while r < hi {
             let t = r / COL_TILE;
             let end = ((t + 1) * COL_TILE).min(hi);
-            let tile = &self.q[t * n * COL_TILE..(t + 1) * n * COL_TILE];
+            let tile = &self.q[t * n * COL_TILE..t * n * COL_TILE + ns * COL_TILE];
             if r.is_multiple_of(COL_TILE) {
                 // A tile from its first row: straight into `out`.
                 let o = &mut out[r - lo..];
@@ -706,27 +791,25 @@ impl BoundTiles {
         }
     }
 
-    /// The bounds of the union of tile `t`'s rows (`[max | min]`, `2·d`; a mean part is not
-    /// carried): the elementwise max of the maxima and min of the minima.
-    pub fn union_row(&self, t: usize, d: usize) -> Vec<f32> {
-        let c = (self.rows - t * COL_TILE).min(COL_TILE);
-        let mut acc: Vec<f32> = (0..2 * d)
-            .map(|j| {
-                if j < d {
-                    f32::NEG_INFINITY
-                } else {
-                    f32::INFINITY
-                }
-            })
-            .collect();
-        let mut r = vec![0.0f32; self.n];
-        for i in 0..c {
-            self.row(t * COL_TILE + i, &mut r);
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = if j < d { a.max(r[j]) } else { a.min(r[j]) };
+    /// The box of the union of tile `t`'s rows, `(max, min)` (`d` each), rounded outwards:
+    /// it contains every stored box of the tile.
+    pub fn union_box(&self, t: usize) -> (Vec<f32>, Vec<f32>) {
+        let d = self.d;
+        let count = (self.rows - t * COL_TILE).min(COL_TILE);
+        let (mut hi, mut lo) = (vec![f64::NEG_INFINITY; d], vec![f64::INFINITY; d]);
+        let (mut c, mut rad) = (vec![0.0f32; d], vec![0.0f32; d]);
+        for i in 0..count {
+            self.center_radius(t * COL_TILE + i, &mut c, &mut rad);
+            for j in 0..d {
+                // bf16 sums and differences are exact in f64.
+                hi[j] = hi[j].max(c[j] as f64 + rad[j] as f64);
+                lo[j] = lo[j].min(c[j] as f64 - rad[j] as f64);
             }
         }
-        acc
+        (
+            hi.iter().map(|&x| f32_directed(x, true)).collect(),
+            lo.iter().map(|&x| f32_directed(x, false)).collect(),
+        )
     }
 }
 
@@ -744,14 +827,16 @@ mod tests {
             .collect()
     }
 
-    /// Rows `[max | min]` of 2·5 whose halves bound the same keys (max ≥ min).
-    fn bound_rows(count: usize, seed: u32) -> Vec<Vec<f32>> {
+    /// Boxes `(max, min)` of 5 channels (max ≥ min, some of zero width, some straddling 0).
+    fn boxes(count: usize, seed: u32) -> Vec<(Vec<f32>, Vec<f32>)> {
         rows(5, count, seed)
             .into_iter()
-            .map(|lo| {
+            .enumerate()
+            .map(|(i, lo)| {
                 let lo: Vec<f32> = lo.iter().map(|x| x * 1.013 + 0.0137).collect();
-                let hi: Vec<f32> = lo.iter().map(|x| x + 3.5).collect();
-                hi.into_iter().chain(lo).collect()
+                let w = if i % 7 == 3 { 0.0 } else { 3.5 };
+                let hi: Vec<f32> = lo.iter().map(|x| x + w).collect();
+                (hi, lo)
             })
             .collect()
     }
@@ -786,75 +871,109 @@ mod tests {
     }
 
     #[test]
-    fn mean_rows_round_to_nearest_inside_the_stored_box() {
-        // Rows [max | min | mean] of 3 channels, the mean anywhere in [min, max] (also at an
-        // end): the stored max ≥ max, min ≤ min, and the stored mean within one bf16 step of
-        // the mean and inside the stored [min, max] (the mix score's slack relies on it).
-        let d = 3;
-        let mut t = BoundTiles::with_mean(d);
-        assert_eq!(t.width(), 9);
-        let mut rows = Vec::new();
+    fn mix_rows_score_within_their_slack_of_the_bound() {
+        // Rows [s | r | c] of 3 channels, the mean anywhere in [min, max] (also at an end):
+        // the stored box contains [min, max], s is the rounded α·c + (1 − α)·mean, and for any
+        // query the bound q·c + |q|·r exceeds the scanned score q·s + α|q|·r by at most
+        // ‖q‖ · (the slack width push returned).
+        let (d, alpha) = (3, 0.5f32);
+        let mut t = BoundTiles::with_mean(d, alpha);
+        assert!(t.is_mix() && t.scan_width() == 6);
+        let mut data = Vec::new();
         for i in 0..40 {
-            let mut r = vec![0.0f32; 3 * d];
+            let (mut hi, mut lo, mut mean) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; d]);
             for j in 0..d {
-                let (lo, hi) = (-1.3f32 + 0.017 * i as f32, 0.7f32 + 0.031 * (i * j) as f32);
+                lo[j] = -1.3f32 + 0.017 * i as f32;
+                hi[j] = 0.7f32 + 0.031 * (i * j) as f32;
                 let f = [0.0f32, 1.0, 0.5, 0.123][(i + j) % 4];
-                r[j] = hi;
-                r[d + j] = lo;
-                r[2 * d + j] = lo + (hi - lo) * f;
+                mean[j] = lo[j] + (hi[j] - lo[j]) * f;
             }
-            t.push(&r);
-            rows.push(r);
+            let w = t.push(&hi, &lo, Some(&mean));
+            assert!(w.is_finite() && w > 0.0);
+            data.push((hi, lo, mean, w));
         }
-        let mut got = vec![0.0f32; 3 * d];
-        for (i, r) in rows.iter().enumerate() {
-            t.row(i, &mut got);
+        let (mut c, mut r, mut row) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; 3 * d]);
+        for (i, (hi, lo, mean, w)) in data.iter().enumerate() {
+            t.center_radius(i, &mut c, &mut r);
+            t.row(i, &mut row);
             for j in 0..d {
-                assert!(got[j] >= r[j] && got[d + j] <= r[d + j], "row {i}");
-                let m = got[2 * d + j];
+                assert!(r[j] >= 0.0, "row {i}");
                 assert!(
-                    m >= got[d + j] && m <= got[j],
-                    "row {i}: mean {m} outside the box"
+                    c[j] + r[j] >= hi[j] && c[j] - r[j] <= lo[j],
+                    "row {i} ch {j}"
                 );
-                assert!((m - r[2 * d + j]).abs() <= r[2 * d + j].abs() / 256.0 + 1e-30);
+                // The radius is tight to about one bf16 step of the box's size.
+                let size = (hi[j] - lo[j]).abs().max(hi[j].abs()).max(lo[j].abs());
+                assert!(2.0 * r[j] <= hi[j] - lo[j] + size / 64.0, "row {i} ch {j}");
+                let want = alpha * c[j] + (1.0 - alpha) * mean[j];
+                assert!(
+                    (row[j] - want).abs() <= want.abs() / 256.0 + 1e-30,
+                    "row {i}"
+                );
+            }
+            for k in 0..50 {
+                let q: Vec<f32> = (0..d)
+                    .map(|j| ((k * 13 + j * 5 + i) % 17) as f32 * 0.37 - 3.0)
+                    .collect();
+                let bound: f32 = (0..d).map(|j| q[j] * c[j] + q[j].abs() * r[j]).sum();
+                let qrow: Vec<f32> = q
+                    .iter()
+                    .copied()
+                    .chain(q.iter().map(|x| alpha * x.abs()))
+                    .collect();
+                let mut score = [0.0f32];
+                t.dots(&qrow, i, i + 1, &mut score, 1);
+                let qn = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!(
+                    bound - score[0] <= qn * w + 1e-4 * (1.0 + bound.abs()),
+                    "row {i}: bound {bound} score {} slack {}",
+                    score[0],
+                    qn * w
+                );
             }
         }
     }
 
     #[test]
-    fn bound_tiles_round_outwards_and_score_any_range() {
-        let n = 10;
-        let mut t = BoundTiles::new(n);
-        let data = bound_rows(37, 1);
-        for r in &data {
-            t.push(r);
+    fn bound_tiles_contain_their_boxes_and_score_any_range() {
+        let d = 5;
+        let mut t = BoundTiles::new(d);
+        let data = boxes(37, 1);
+        for (hi, lo) in &data {
+            assert_eq!(t.push(hi, lo, None), 0.0);
         }
         t.truncate(20);
         assert_eq!(t.len(), 20);
-        let more = bound_rows(21, 2);
-        for r in &more {
-            t.push(r);
+        let more = boxes(21, 2);
+        for (hi, lo) in &more {
+            t.push(hi, lo, None);
         }
-        let all: Vec<&Vec<f32>> = data[..20].iter().chain(&more).collect();
+        let all: Vec<&(Vec<f32>, Vec<f32>)> = data[..20].iter().chain(&more).collect();
         assert_eq!(t.len(), all.len());
-        // Stored rows still bound: max half rounded up, min half down, by less than one bf16
-        // step (2⁻⁷ relative, at most).
-        let mut got = vec![0.0f32; n];
+        // Stored boxes contain the pushed ones, wider by at most about one bf16 step.
+        let (mut c, mut r) = (vec![0.0f32; d], vec![0.0f32; d]);
         let mut deq = Vec::new();
-        for (i, r) in all.iter().enumerate() {
-            t.row(i, &mut got);
-            for j in 0..n {
-                let step = r[j].abs() / 128.0 + 1e-30;
-                if j < 5 {
-                    assert!(got[j] >= r[j] && got[j] - r[j] <= step, "row {i} el {j}");
-                } else {
-                    assert!(got[j] <= r[j] && r[j] - got[j] <= step, "row {i} el {j}");
-                }
+        for (i, (hi, lo)) in all.iter().enumerate() {
+            t.center_radius(i, &mut c, &mut r);
+            for j in 0..d {
+                assert!(
+                    c[j] + r[j] >= hi[j] && c[j] - r[j] <= lo[j],
+                    "row {i} ch {j}"
+                );
+                let step = hi[j].abs().max(lo[j].abs()) / 64.0 + 1e-30;
+                assert!(c[j] + r[j] - hi[j] <= step && lo[j] - (c[j] - r[j]) <= step);
             }
-            deq.push(got.clone());
+            deq.push((c.clone(), r.clone()));
         }
-        // Scores equal the dots with the dequantized rows (to rounding), any range.
-        let qs: Vec<f32> = (0..3 * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        // Scores against [q | |q|] equal q·c + |q|·r (to rounding) and bound q·k over the
+        // pushed box, any range.
+        let qs: Vec<f32> = (0..3)
+            .flat_map(|k| {
+                let q: Vec<f32> = (0..d).map(|j| ((j + 2 * k) % 5) as f32 - 2.0).collect();
+                let a: Vec<f32> = q.iter().map(|x| x.abs()).collect();
+                q.into_iter().chain(a)
+            })
+            .collect();
         for (lo, hi) in [
             (0, 41),
             (0, 16),
@@ -867,28 +986,43 @@ mod tests {
             let ldo = hi - lo + 1;
             let mut out = vec![f32::NAN; 3 * ldo];
             t.dots(&qs, lo, hi, &mut out, ldo);
-            for q in 0..3 {
-                for r in lo..hi {
-                    let want: f32 = (0..n).map(|j| qs[q * n + j] * deq[r][j]).sum();
-                    let got = out[q * ldo + r - lo];
+            for k in 0..3 {
+                let q = &qs[k * 2 * d..k * 2 * d + d];
+                for row in lo..hi {
+                    let (c, r) = &deq[row];
+                    let want: f32 = (0..d).map(|j| q[j] * c[j] + q[j].abs() * r[j]).sum();
+                    let got = out[k * ldo + row - lo];
                     assert!(
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
                         "{got} {want}"
                     );
+                    let (bh, bl) = all[row];
+                    let exact: f32 = (0..d).map(|j| (q[j] * bh[j]).max(q[j] * bl[j])).sum();
+                    assert!(got >= exact - 1e-4 * (1.0 + exact.abs()), "{got} < {exact}");
                 }
-                assert!(out[q * ldo + hi - lo].is_nan());
+                assert!(out[k * ldo + hi - lo].is_nan());
             }
         }
-        // The union of tile 1 (rows 16..32): max of the max halves, min of the min halves.
-        let u = t.union_row(1, 5);
-        for j in 0..n {
-            let col = deq[16..32].iter().map(|r| r[j]);
-            let want = if j < 5 {
-                col.fold(f32::NEG_INFINITY, f32::max)
-            } else {
-                col.fold(f32::INFINITY, f32::min)
-            };
-            assert_eq!(u[j], want);
+        // The union of tile 1 (rows 16..32) contains every stored box of the tile and is the
+        // tightest such box (to f32 rounding).
+        let (uh, ul) = t.union_box(1);
+        for j in 0..d {
+            let want_hi = deq[16..32]
+                .iter()
+                .map(|(c, r)| c[j] + r[j])
+                .fold(f32::MIN, f32::max);
+            let want_lo = deq[16..32]
+                .iter()
+                .map(|(c, r)| c[j] - r[j])
+                .fold(f32::MAX, f32::min);
+            assert!(uh[j] >= want_hi && uh[j] - want_hi <= want_hi.abs() * 1e-6 + 1e-30);
+            assert!(ul[j] <= want_lo && want_lo - ul[j] <= want_lo.abs() * 1e-6 + 1e-30);
         }
+        // A non-finite box is stored as an infinite radius: its bound is +∞.
+        let mut t = BoundTiles::new(1);
+        t.push(&[f32::INFINITY], &[0.0], None);
+        let mut out = [0.0f32];
+        t.dots(&[1.0, 1.0], 0, 1, &mut out, 1);
+        assert_eq!(out[0], f32::INFINITY);
     }
 }

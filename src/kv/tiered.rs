@@ -627,13 +627,13 @@ struct LayerKv {
     /// Storage: `None` = full attention (tiered store), `Some(w)` = sliding window (RAM ring).
     window: Option<usize>,
     sealed: Vec<Sealed>,
-    /// Key bounds of the sealed blocks, per KV head: one row of `2 · head_dim` per block,
-    /// `[max | min]`, kept as column-major tiles of 16 blocks (scoring a tile against a query
-    /// group is one `col_dots`).
+    /// Key bounds of the sealed blocks, per KV head: one center/radius row per block (and,
+    /// for [`SparseScore::Mix`], the score row), kept as column-major tiles of 16 blocks
+    /// (scoring a tile against a query group is one `col_dots`; see [`BoundTiles`]).
     bound_rows: Vec<BoundTiles>,
-    /// Per KV head: the largest `‖max − min‖₂` of a sealed block's stored bounds (rounded up;
-    /// never lowered by a truncation, so still an upper bound), for the certificate of
-    /// [`SparseScore::Mix`].
+    /// Per KV head: the largest slack width of a sealed block's mix row (rounded up; never
+    /// lowered by a truncation, so still an upper bound), for the certificate of
+    /// [`SparseScore::Mix`]: a block's bound exceeds its score by at most `‖q‖ ·` this.
     width_max: Vec<f32>,
     /// The same per complete super-block of [`SUPER_SPAN`] sealed blocks (= one tile of
     /// `bound_rows`): the bounds of the union of their keys. Kept only with
@@ -902,14 +902,14 @@ impl TieredKv {
                 sealed: Vec::new(),
                 bound_rows: vec![
                     if cfg.sparse.is_some_and(|sp| sp.score == SparseScore::Mix) {
-                        BoundTiles::with_mean(geo.head_dim)
+                        BoundTiles::with_mean(geo.head_dim, MIX_ALPHA)
                     } else {
-                        BoundTiles::new(2 * geo.head_dim)
+                        BoundTiles::new(geo.head_dim)
                     };
                     geo.n_head_kv
                 ],
                 width_max: vec![0.0; geo.n_head_kv],
-                super_rows: vec![BoundTiles::new(2 * geo.head_dim); geo.n_head_kv],
+                super_rows: vec![BoundTiles::new(geo.head_dim); geo.n_head_kv],
                 ring: VecDeque::new(),
                 tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
                 tail_bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
@@ -1196,17 +1196,16 @@ impl TieredKv {
         };
         let l = &mut self.layers[layer];
         let d = self.geo.head_dim;
-        let mut row = vec![0.0f32; l.bound_rows[0].width()];
+        let mut mean = vec![0.0f32; d];
         for (h, rows) in l.bound_rows.iter_mut().enumerate() {
-            row[..d].copy_from_slice(l.tail_bounds.max(h));
-            row[d..2 * d].copy_from_slice(l.tail_bounds.min(h));
-            if row.len() > 2 * d {
-                l.tail_bounds.mean(h, &mut row[2 * d..]);
-            }
-            rows.push(&row);
-            // The stored (rounded) box's width, for the mix score's certificate.
-            rows.row(rows.len() - 1, &mut row);
-            let w = box_width(&row[..d], &row[d..2 * d]);
+            let m = if rows.is_mix() {
+                l.tail_bounds.mean(h, &mut mean);
+                Some(&mean[..])
+            } else {
+                None
+            };
+            // The stored row's slack width, for the mix score's certificate.
+            let w = rows.push(l.tail_bounds.max(h), l.tail_bounds.min(h), m);
             if w.is_finite() {
                 l.width_max[h] = l.width_max[h].max(w);
             }
@@ -1220,7 +1219,8 @@ impl TieredKv {
         if tree && l.sealed.len().is_multiple_of(SUPER_SPAN) {
             let t = l.sealed.len() / SUPER_SPAN - 1;
             for (rows, sup) in l.bound_rows.iter().zip(l.super_rows.iter_mut()) {
-                sup.push(&rows.union_row(t, d));
+                let (hi, lo) = rows.union_box(t);
+                sup.push(&hi, &lo, None);
             }
         }
         let id = BlockId::new(layer as u32, index as u32);
@@ -1603,45 +1603,41 @@ impl TieredKv {
         let cols = n_kv * per_head;
         let mut tokens = vec![bt; nb];
         tokens[nb - 1] = stored - (nb - 1) * bt;
-        // The query's scaled positive and negative parts, split once for all blocks, as rows
-        // `[qp | qn]` against the bound rows `[max | min]`: each bound is one dot product.
+        // The scaled query as rows `[q | |q|]` against the center/radius rows `[c | r]` (each
+        // bound one dot product) and, for the mix, `[q | α|q|]` against `[s | r]`.
+        let l = &self.layers[layer];
+        let mix = l.bound_rows[0].is_mix();
         let n_q = qy.n_head;
-        let mut qpn = vec![0.0f32; n_q * 2 * d];
+        let row = 2 * d;
+        let (mut qcr, mut qsr) = (vec![0.0f32; n_q * row], Vec::new());
+        // The tail's f32 box is scored against `[max(q, 0) | min(q, 0)]`.
+        let mut qpn = vec![0.0f32; n_q * row];
         for h in 0..n_q {
             for j in 0..d {
                 let y = qy.q[h * d + j] * qy.scale;
-                qpn[h * 2 * d + j] = y.max(0.0);
-                qpn[h * 2 * d + d + j] = y.min(0.0);
+                qcr[h * row + j] = y;
+                qcr[h * row + d + j] = y.abs();
+                qpn[h * row + j] = y.max(0.0);
+                qpn[h * row + d + j] = y.min(0.0);
             }
         }
-        let l = &self.layers[layer];
-        // Mix: the block rows are `[max | min | mean]`, scored against `[α·qp | α·qn | (1−α)·q]`.
-        let mix = l.bound_rows[0].width() == 3 * d;
-        let qmix: Vec<f32> = if mix {
-            let mut v = vec![0.0f32; n_q * 3 * d];
+        if mix {
+            qsr = qcr.clone();
             for h in 0..n_q {
-                for j in 0..d {
-                    v[h * 3 * d + j] = MIX_ALPHA * qpn[h * 2 * d + j];
-                    v[h * 3 * d + d + j] = MIX_ALPHA * qpn[h * 2 * d + d + j];
-                    v[h * 3 * d + 2 * d + j] = (1.0 - MIX_ALPHA) * qy.q[h * d + j] * qy.scale;
+                for x in &mut qsr[h * row + d..(h + 1) * row] {
+                    *x *= MIX_ALPHA;
                 }
             }
-            v
-        } else {
-            Vec::new()
-        };
+        }
         let n_sealed = l.sealed.len().min(nb);
-        let row = 2 * d;
         let complete = l.super_rows[0].len().min(n_sealed / SUPER_SPAN);
         let n_super = match sp.index {
             SparseIndex::Flat => 0,
             SparseIndex::Tree => complete,
         };
-        // Bounds of `count` rows for KV head `g`'s query heads into `out[hq · ldo + i]`, then
-        // into score columns `dst[i · per_head + s]` (a Max column takes the group's largest).
-        // Bounds of rows `a..b` for KV head `g`'s query heads, into score columns: block `i`,
+        // Scores of rows `a..b` for KV head `g`'s query heads, into score columns: block `i`,
         // column `s` at `dst[i · rs + s · cs]` (a Max column takes the group's largest; NaN
-        // bounds count as −∞).
+        // scores count as −∞). Mix rows are scored as the mix, super-block rows as bounds.
         let score_rows = |g: usize,
                           rows: &BoundTiles,
                           a: usize,
@@ -1649,12 +1645,8 @@ impl TieredKv {
                           dst: &mut [f32],
                           rs: usize,
                           cs: usize| {
-            let (src, w) = if rows.width() == 3 * d {
-                (&qmix, 3 * d)
-            } else {
-                (&qpn, row)
-            };
-            let qs = &src[g * group * w..(g + 1) * group * w];
+            let src = if rows.is_mix() { &qsr } else { &qcr };
+            let qs = &src[g * group * row..(g + 1) * group * row];
             let count = b - a;
             let mut out = vec![0.0f32; group * count];
             rows.dots(qs, a, b, &mut out, count);
@@ -1685,8 +1677,8 @@ impl TieredKv {
                 let q = &qpn[h * row..(h + 1) * row];
                 let mut x = l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
                 if mix {
-                    let qm: f32 = (0..d).map(|j| qmix[h * 3 * d + 2 * d + j] * mean[j]).sum();
-                    x = MIX_ALPHA * x + qm;
+                    let qm: f32 = (0..d).map(|j| qcr[h * row + j] * mean[j]).sum();
+                    x = MIX_ALPHA * x + (1.0 - MIX_ALPHA) * qm;
                 }
                 let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
                 let c = &mut dst[(hq % per_head) * cs];
@@ -1738,20 +1730,26 @@ impl TieredKv {
         // blocks taken): per query head `Σ_j max(q,0)_j·min_j + min(q,0)_j·max_j`; a Max column
         // takes the smallest over its group (a bound valid for every head of the group).
         let lower = |b: usize, out: &mut [f32]| {
-            // The row with its halves swapped, `[min | max]`, against `[qp | qn]`.
-            let (mut r, mut sw) = (vec![0.0f32; 3 * d], vec![0.0f32; row]);
+            // A sealed block's `[c | −r]` against `[q | |q|]`; the tail's `[min | max]` against
+            // `[qp | qn]`.
+            let (mut cr, mut sw) = (vec![0.0f32; row], vec![0.0f32; row]);
             for g in 0..n_kv {
-                if b < n_sealed {
-                    l.bound_rows[g].row(b, &mut r);
-                    sw[..d].copy_from_slice(&r[d..2 * d]);
-                    sw[d..].copy_from_slice(&r[..d]);
+                let sealed = b < n_sealed;
+                if sealed {
+                    let (c, r) = cr.split_at_mut(d);
+                    l.bound_rows[g].center_radius(b, c, r);
+                    r.iter_mut().for_each(|x| *x = -*x);
                 } else {
                     sw[..d].copy_from_slice(l.tail_bounds.min(g));
                     sw[d..].copy_from_slice(l.tail_bounds.max(g));
                 }
                 for hq in 0..group {
-                    let q = &qpn[(g * group + hq) * 2 * d..(g * group + hq + 1) * 2 * d];
-                    let x = crate::kernels::dot_f32(q, &sw);
+                    let h = g * group + hq;
+                    let x = if sealed {
+                        crate::kernels::dot_f32(&qcr[h * row..(h + 1) * row], &cr)
+                    } else {
+                        crate::kernels::dot_f32(&qpn[h * row..(h + 1) * row], &sw)
+                    };
                     let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
                     let c = g * per_head + hq % per_head;
                     if hq < per_head {
@@ -1762,8 +1760,9 @@ impl TieredKv {
                 }
             }
         };
-        // Mix scores lie below the bounds by at most (1 − α)·‖q‖·‖max − min‖ per block
-        // (the mean is inside the box): per column, that with the widest box of the head.
+        // Mix scores lie below the bounds by at most ‖q‖ · (the row's slack width) per sealed
+        // block, and by (1 − α)·‖q‖·‖max − min‖ for the tail (its mean is inside its box): per
+        // column, the largest over the head's blocks.
         let slack: Vec<f32> = if mix {
             let mut v = vec![0.0f32; cols];
             for g in 0..n_kv {
@@ -1771,7 +1770,7 @@ impl TieredKv {
                 if nb > n_sealed {
                     let t = box_width(l.tail_bounds.max(g), l.tail_bounds.min(g));
                     if t.is_finite() {
-                        w = w.max(t);
+                        w = w.max((1.0 - MIX_ALPHA) * t);
                     }
                 }
                 for hq in 0..group {
@@ -1781,7 +1780,7 @@ impl TieredKv {
                         .map(|x| x * x)
                         .sum::<f32>()
                         .sqrt();
-                    let x = (1.0 - MIX_ALPHA) * qn * qy.scale.abs() * w * (1.0 + 1e-5);
+                    let x = qn * qy.scale.abs() * w * (1.0 + 1e-5);
                     let c = g * per_head + hq % per_head;
                     v[c] = v[c].max(x);
                 }
