@@ -339,6 +339,15 @@ fn key_bounds_bound_the_scores_of_every_block() {
                 &dat.v[0][t * row..(t + 1) * row],
             );
             for h in 0..2 {
+                // Every stored key lies inside its block's box, channel by channel.
+                for (j, &x) in kq[h * 16..(h + 1) * 16].iter().enumerate() {
+                    assert!(
+                        kb.min(h)[j] <= x && x <= kb.max(h)[j],
+                        "block {b} t {t} head {h} channel {j}: {x} outside [{}, {}]",
+                        kb.min(h)[j],
+                        kb.max(h)[j]
+                    );
+                }
                 let s: f32 = kq[h * 16..(h + 1) * 16]
                     .iter()
                     .zip(&q)

@@ -561,10 +561,11 @@ pub(crate) fn upper_from(
 /// `r ≥ 0` with `[c − r, c + r] ⊇ [min, max]`; its upper bound of `q·k` is then one dot product,
 /// `q·c + |q|·r` (against the query row `[q | |q|]`), and its lower bound `q·c − |q|·r`.
 ///
-/// Layouts: bound rows (`new`) are `[c | r]`; mix rows (`with_mean`) are `[s | r | c]` with
+/// Layouts: bound rows (`new`) are `[c | r]`; mix rows (`with_mean`) are `[s | r]` with
 /// `s ≈ α·c + (1 − α)·mean`, so the mix score `α·bound + (1 − α)·q·mean` is the single dot
 /// product `q·s + α|q|·r` against `[q | α|q|]` (two thirds of the bytes of scoring the bound
-/// and the mean separately).
+/// and the mean separately); their centers `c` (for the lower bounds and unions) are kept
+/// apart, row-major, so the scan streams only the tiles.
 ///
 /// Invariants: `c` is rounded to nearest, then `r` is computed in f64 from the rounded center
 /// and rounded *up*, so every stored box contains its block's keys; a row with a non-finite or
@@ -573,13 +574,15 @@ pub(crate) fn upper_from(
 /// width `‖c − s‖₂ + (1 − α)·‖r‖₂` (rounded up): `bound − score ≤ ‖q‖ · width`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct BoundTiles {
-    /// Elements per row: `2·d` (bound) or `3·d` (mix).
-    n: usize,
     d: usize,
     /// Mix rows: the bound's weight α.
     alpha: f32,
+    mix: bool,
     rows: usize,
+    /// The tiles, `2·d` elements per row.
     q: Vec<u16>,
+    /// Mix rows: the centers, `d` per row, row-major.
+    centers: Vec<u16>,
 }
 
 /// `x` as bf16 (its high 16 bits), rounded towards +∞ (`up`) or −∞; NaN stays NaN.
@@ -634,22 +637,25 @@ impl BoundTiles {
     /// Bound rows `[c | r]` of `2·d`.
     pub fn new(d: usize) -> Self {
         BoundTiles {
-            n: 2 * d,
             d,
             alpha: 1.0,
+            mix: false,
             rows: 0,
             q: Vec::new(),
+            centers: Vec::new(),
         }
     }
 
-    /// Mix rows `[s | r | c]` of `3·d`, the bound weighted by `alpha` (in `(0, 1]`).
+    /// Mix rows `[s | r]` of `2·d` (and the centers), the bound weighted by `alpha` (in
+    /// `(0, 1]`).
     pub fn with_mean(d: usize, alpha: f32) -> Self {
         BoundTiles {
-            n: 3 * d,
             d,
             alpha,
+            mix: true,
             rows: 0,
             q: Vec::new(),
+            centers: Vec::new(),
         }
     }
 
@@ -658,9 +664,9 @@ impl BoundTiles {
         2 * self.d
     }
 
-    /// Whether the rows score the mix (`[s | r | c]`).
+    /// Whether the rows score the mix (`[s | r]`).
     pub fn is_mix(&self) -> bool {
-        self.n == 3 * self.d
+        self.mix
     }
 
     /// Rows stored.
@@ -668,15 +674,16 @@ impl BoundTiles {
         self.rows
     }
 
-    /// Bytes held (whole tiles).
+    /// Bytes held (whole tiles and the centers).
     pub fn bytes(&self) -> usize {
-        self.q.len() * std::mem::size_of::<u16>()
+        (self.q.len() + self.centers.len()) * std::mem::size_of::<u16>()
     }
 
     /// Append the box `[min, max]` (`d` channels each) and, for mix rows, the block's mean key.
     /// Returns the row's slack width for mix rows (see the type docs), 0 for bound rows.
     pub fn push(&mut self, max: &[f32], min: &[f32], mean: Option<&[f32]>) -> f32 {
-        let (n, d, r) = (self.n, self.d, self.rows);
+        let (d, r) = (self.d, self.rows);
+        let n = 2 * d;
         if r.is_multiple_of(COL_TILE) {
             self.q.resize(self.q.len() + n * COL_TILE, 0);
         }
@@ -702,7 +709,7 @@ impl BoundTiles {
                 let sf = bf16_to_f32(s) as f64;
                 dist2 += (cf - sf) * (cf - sf);
                 self.q[base + j * COL_TILE] = s;
-                self.q[base + (2 * d + j) * COL_TILE] = c;
+                self.centers.push(c);
             } else {
                 self.q[base + j * COL_TILE] = c;
             }
@@ -721,35 +728,44 @@ impl BoundTiles {
     /// Keep the first `rows` rows.
     pub fn truncate(&mut self, rows: usize) {
         if rows < self.rows {
+            let n = 2 * self.d;
             self.rows = rows;
-            self.q.truncate(rows.div_ceil(COL_TILE) * self.n * COL_TILE);
+            self.q.truncate(rows.div_ceil(COL_TILE) * n * COL_TILE);
+            if self.mix {
+                self.centers.truncate(rows * self.d);
+            }
             // Zero the cut columns of the last tile (a later push expects zeros there).
             if !rows.is_multiple_of(COL_TILE) {
                 let t = rows / COL_TILE;
-                for j in 0..self.n {
+                for j in 0..n {
                     for i in rows % COL_TILE..COL_TILE {
-                        self.q[t * self.n * COL_TILE + j * COL_TILE + i] = 0;
+                        self.q[t * n * COL_TILE + j * COL_TILE + i] = 0;
                     }
                 }
             }
         }
     }
 
-    /// Row `r`'s stored elements into `out` (`out.len() >= width`).
+    /// Row `r`'s scanned elements (`[c | r]` or `[s | r]`) into `out` (`out.len() >= 2·d`).
+    #[cfg(test)]
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
-        for (j, o) in out.iter_mut().enumerate().take(self.n) {
+        let n = 2 * self.d;
+        let base = (r / COL_TILE) * n * COL_TILE + r % COL_TILE;
+        for (j, o) in out.iter_mut().enumerate().take(n) {
             *o = bf16_to_f32(self.q[base + j * COL_TILE]);
         }
     }
 
     /// Row `r`'s center and radius (`d` each).
     pub fn center_radius(&self, r: usize, c: &mut [f32], rad: &mut [f32]) {
-        let base = (r / COL_TILE) * self.n * COL_TILE + r % COL_TILE;
         let d = self.d;
-        let c0 = if self.is_mix() { 2 * d } else { 0 };
+        let base = (r / COL_TILE) * 2 * d * COL_TILE + r % COL_TILE;
         for j in 0..d {
-            c[j] = bf16_to_f32(self.q[base + (c0 + j) * COL_TILE]);
+            c[j] = if self.mix {
+                bf16_to_f32(self.centers[r * d + j])
+            } else {
+                bf16_to_f32(self.q[base + j * COL_TILE])
+            };
             rad[j] = bf16_to_f32(self.q[base + (d + j) * COL_TILE]);
         }
     }
@@ -757,7 +773,7 @@ impl BoundTiles {
     /// `out[q·ldo + (r − lo)] = qs[q] · row r[..scan_width]` for rows `lo..hi` and the
     /// `qs.len() / scan_width` queries (transposed once, then one kernel call per tile).
     pub fn dots(&self, qs: &[f32], lo: usize, hi: usize, out: &mut [f32], ldo: usize) {
-        let (n, ns) = (self.n, self.scan_width());
+        let ns = self.scan_width();
         let nq = qs.len() / ns.max(1);
         if nq == 0 {
             return;
@@ -773,7 +789,7 @@ impl BoundTiles {
         while r < hi {
             let t = r / COL_TILE;
             let end = ((t + 1) * COL_TILE).min(hi);
-            let tile = &self.q[t * n * COL_TILE..t * n * COL_TILE + ns * COL_TILE];
+            let tile = &self.q[t * ns * COL_TILE..(t + 1) * ns * COL_TILE];
             if r.is_multiple_of(COL_TILE) {
                 // A tile from its first row: straight into `out`.
                 let o = &mut out[r - lo..];
@@ -789,6 +805,18 @@ impl BoundTiles {
             }
             r = end;
         }
+    }
+
+    /// Row `r`'s stored box `(max, min)` (`d` each) as f32, rounded outwards: it contains the
+    /// keys of the block.
+    pub fn box_of(&self, r: usize) -> (Vec<f32>, Vec<f32>) {
+        let d = self.d;
+        let (mut c, mut rad) = (vec![0.0f32; d], vec![0.0f32; d]);
+        self.center_radius(r, &mut c, &mut rad);
+        // bf16 sums and differences are exact in f64.
+        let hi = (0..d).map(|j| f32_directed(c[j] as f64 + rad[j] as f64, true));
+        let lo = (0..d).map(|j| f32_directed(c[j] as f64 - rad[j] as f64, false));
+        (hi.collect(), lo.collect())
     }
 
     /// The box of the union of tile `t`'s rows, `(max, min)` (`d` each), rounded outwards:
@@ -892,7 +920,7 @@ mod tests {
             assert!(w.is_finite() && w > 0.0);
             data.push((hi, lo, mean, w));
         }
-        let (mut c, mut r, mut row) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; 3 * d]);
+        let (mut c, mut r, mut row) = (vec![0.0f32; d], vec![0.0f32; d], vec![0.0f32; 2 * d]);
         for (i, (hi, lo, mean, w)) in data.iter().enumerate() {
             t.center_radius(i, &mut c, &mut r);
             t.row(i, &mut row);

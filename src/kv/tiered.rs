@@ -985,11 +985,10 @@ impl TieredKv {
         let d = self.geo.head_dim;
         if index < l.sealed.len() {
             let (mut min, mut max) = (Vec::new(), Vec::new());
-            let mut r = vec![0.0f32; 2 * d];
             for rows in &l.bound_rows {
-                rows.row(index, &mut r);
-                max.extend_from_slice(&r[..d]);
-                min.extend_from_slice(&r[d..]);
+                let (hi, lo) = rows.box_of(index);
+                max.extend_from_slice(&hi);
+                min.extend_from_slice(&lo);
             }
             return Some(KeyBounds::from_parts(d, min, max));
         }
