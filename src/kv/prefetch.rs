@@ -98,9 +98,28 @@ pub struct StoreView<'a> {
     /// How many blocks ahead of the current chunk a pass-order guess should reach (the
     /// prefetch depth: enough reads in flight to keep the disk's queue full).
     pub lookahead: usize,
+    /// Per layer (empty: none): `Some(i)` when the layer's coming pass is sparse; it then
+    /// surely reads block 0 (attention sinks) and the recent blocks from `i` on, and which
+    /// others depends on its query, so the pass order is no guess for it.
+    pub sparse_from: &'a [Option<usize>],
 }
 
 impl StoreView<'_> {
+    /// The blocks a sparse pass over `layer` surely reads (block 0 and the sealed recent
+    /// ones), or `None` when its coming pass is dense.
+    pub fn forced(&self, layer: usize) -> Option<Vec<BlockId>> {
+        let from = self.sparse_from.get(layer).copied().flatten()?;
+        let n = self.sealed.get(layer).copied().unwrap_or(0);
+        let first = (n > 0 && from > 0).then_some(0);
+        Some(
+            first
+                .into_iter()
+                .chain(from.min(n)..n)
+                .map(|i| BlockId::new(layer as u32, i as u32))
+                .collect(),
+        )
+    }
+
     /// The next full-attention layer after `layer` in pass order (wrapping to the next token).
     pub fn next_full_layer(&self, layer: usize) -> Option<usize> {
         let n = self.windows.len();
@@ -154,6 +173,10 @@ impl Prefetcher for Sequential {
         let Some(nl) = view.next_full_layer(layer) else {
             return Vec::new();
         };
+        if let Some(f) = view.forced(nl) {
+            // A sparse pass does not read in pass order: only what it surely reads.
+            return f;
+        }
         (0..view.lookahead.max(view.chunk).min(view.sealed[nl]))
             .map(|i| BlockId::new(nl as u32, i as u32))
             .collect()
@@ -220,6 +243,7 @@ mod tests {
             windows: &windows,
             chunk: 4,
             lookahead: 4,
+            sparse_from: &[],
         };
         let mut p = Sequential;
         let ids = |v: Vec<BlockId>| v.iter().map(|b| (b.layer, b.index)).collect::<Vec<_>>();
@@ -234,6 +258,28 @@ mod tests {
             [(2, 0), (2, 1), (2, 2), (2, 3)]
         );
         assert_eq!(ids(p.after_pass(2, &view))[0], (0, 0));
+        // A sparse pass coming on layer 2 (recent blocks from 5): block 0 and the recent ones.
+        let sparse = [None, None, Some(5)];
+        let view = StoreView {
+            sparse_from: &sparse,
+            ..view
+        };
+        assert_eq!(ids(p.after_pass(0, &view)), [(2, 0), (2, 5), (2, 6)]);
+        // Only recent blocks (from 0), or recent blocks past the sealed ones.
+        let sparse = [None, None, Some(0)];
+        let v0 = StoreView {
+            sparse_from: &sparse,
+            ..view
+        };
+        assert_eq!(ids(p.after_pass(0, &v0)).len(), 7);
+        let sparse = [None, None, Some(9)];
+        let v9 = StoreView {
+            sparse_from: &sparse,
+            ..view
+        };
+        assert_eq!(ids(p.after_pass(0, &v9)), [(2, 0)]);
+        // Layer 0 comes dense: pass order.
+        assert_eq!(ids(p.after_pass(2, &view))[..2], [(0, 0), (0, 1)]);
     }
 
     #[test]
@@ -245,6 +291,7 @@ mod tests {
             windows: &windows,
             chunk: 4,
             lookahead: 4,
+            sparse_from: &[],
         };
         let mut p = Reuse::default();
         let ids = |v: Vec<BlockId>| v.iter().map(|b| (b.layer, b.index)).collect::<Vec<_>>();

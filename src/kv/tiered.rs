@@ -1547,11 +1547,26 @@ impl TieredKv {
             return Vec::new();
         };
         let sealed: Vec<usize> = self.layers.iter().map(|l| l.sealed.len()).collect();
+        // In a sparse step, the full layers that select: their next pass (with one more
+        // position stored) surely reads block 0 and the blocks of the recent positions.
+        let sparse_from: Vec<Option<usize>> = match self.cfg.sparse {
+            Some(sp) if self.sparse_step => (0..self.layers.len())
+                .map(|l| {
+                    let next = self.layers[l].len + 1;
+                    (self.layers[l].window.is_none()
+                        && next > sp.budget_tokens
+                        && self.sparse_layer(l))
+                    .then(|| next.saturating_sub(sp.recent_tokens) / self.bgeo.block_tokens)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let view = StoreView {
             sealed: &sealed,
             windows: &self.geo.windows,
             chunk,
             lookahead,
+            sparse_from: &sparse_from,
         };
         let ids = ask(p.as_mut(), &view);
         self.prefetcher = Some(p);
