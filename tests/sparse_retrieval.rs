@@ -387,7 +387,7 @@ fn needle_4k_all_depths_sparse_retrieves_whenever_dense_does() {
 }
 
 #[test]
-#[ignore = "~8K-token prompts: 12-25 minutes on 2 cores (KVSPOOL_NEEDLE_DEPTHS=1,4 runs only those depth indices); with --sparse-score bound sparse misses the key at the 11% depth, the default mix score finds it (the other depths not yet re-run with mix), see docs/BENCHMARKS.md; run with --ignored"]
+#[ignore = "~8K-token prompts: ~15 minutes on 2 cores (KVSPOOL_NEEDLE_DEPTHS=1,4 runs only those depth indices); passes with the default mix score (with --sparse-score bound sparse misses the 11% depth), see docs/BENCHMARKS.md; run with --ignored"]
 fn needle_8k_all_depths_sparse_retrieves_whenever_dense_does() {
     check(8192, &(0..DEPTHS).collect::<Vec<_>>());
 }
