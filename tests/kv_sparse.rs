@@ -534,6 +534,24 @@ fn exact_mass(sel: &[(usize, u32)], exact: &[f32], n_kv: usize) -> f64 {
     m / n_kv as f64
 }
 
+/// The selection settings of random trial `trial`: mass target, budget and scope vary with it.
+fn trial_cfg(trial: usize, score: SparseScore) -> SparseConfig {
+    SparseConfig {
+        mass: [0.5, 0.8, 0.95][trial % 3],
+        budget_tokens: 16 * (2 + trial % 9),
+        recent_tokens: 16,
+        group: GroupScore::Max,
+        dense_layers: 0,
+        budget_scope: if trial.is_multiple_of(2) {
+            BudgetScope::Union
+        } else {
+            BudgetScope::Head
+        },
+        index: SparseIndex::Flat,
+        score,
+    }
+}
+
 #[test]
 fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
     // Random blocks whose exact logits lie inside [lower, upper]: whatever the selection, the
@@ -553,20 +571,7 @@ fn certified_mass_never_exceeds_the_exact_mass_of_the_selection() {
             .zip(&lb)
             .map(|(u, l)| l + (u - l) * (0.5 + 0.5 * r.f().clamp(-1.0, 1.0)))
             .collect();
-        let cfg = SparseConfig {
-            mass: [0.5, 0.8, 0.95][trial % 3],
-            budget_tokens: 16 * (2 + trial % 9),
-            recent_tokens: 16,
-            group: GroupScore::Max,
-            dense_layers: 0,
-            budget_scope: if trial % 2 == 0 {
-                BudgetScope::Union
-            } else {
-                BudgetScope::Head
-            },
-            index: SparseIndex::Flat,
-            score: SparseScore::Bound,
-        };
+        let cfg = trial_cfg(trial, SparseScore::Bound);
         let Some((sel, mass)) = select_blocks_certified(&ub, &lb, n_kv, 1, &tokens, &cfg) else {
             continue;
         };
@@ -614,20 +619,7 @@ fn certified_mass_with_slack_never_exceeds_the_exact_mass() {
                 }
             })
             .collect();
-        let cfg = SparseConfig {
-            mass: [0.5, 0.8, 0.95][trial % 3],
-            budget_tokens: 16 * (2 + trial % 9),
-            recent_tokens: 16,
-            group: GroupScore::Max,
-            dense_layers: 0,
-            budget_scope: if trial % 2 == 0 {
-                BudgetScope::Union
-            } else {
-                BudgetScope::Head
-            },
-            index: SparseIndex::Flat,
-            score: SparseScore::Mix,
-        };
+        let cfg = trial_cfg(trial, SparseScore::Mix);
         // The same scores taken as bounds (no slack): their certificate can over-claim.
         let zero = vec![0.0f32; n_kv];
         if let Some((sel0, m0)) =

@@ -71,8 +71,8 @@ pub struct CommonKv {
     #[arg(long, default_value = "flat", value_parser = ["flat", "tree"])]
     pub sparse_index: String,
     /// Sparse attention: what ranks a block: mix (half the key bound, half the mean key's logit)
-    /// or bound (the Quest key bound alone). Mix is more accurate (docs/BENCHMARKS.md) and costs
-    /// a third row per block.
+    /// or bound (the Quest key bound alone). Mix is more accurate (docs/BENCHMARKS.md), scans
+    /// as many bytes as bound and keeps a third more bound memory.
     #[arg(long, default_value = "mix", value_parser = ["mix", "bound"])]
     pub sparse_score: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).

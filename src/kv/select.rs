@@ -552,10 +552,10 @@ pub(crate) fn upper_from(
     }
 }
 
-/// The key bounds of sealed blocks as *center and radius* rows, kept as column-major bf16
-/// tiles of [`COL_TILE`] rows (row `r`, element `j` at `q[(r / T)·n·T + j·T + r % T]`), so
-/// that scoring 16 blocks against a query group is one [`crate::kernels::col_dots_bf16`] call
-/// (no horizontal sums) over the first `2·d` elements of each row ([`Self::scan_width`]).
+/// The key bounds of sealed blocks as *center and radius* rows of `n = 2·d` elements, kept as
+/// column-major bf16 tiles of [`COL_TILE`] rows (row `r`, element `j` at
+/// `q[(r / T)·n·T + j·T + r % T]`), so that scoring 16 blocks against a query group is one
+/// [`crate::kernels::col_dots_bf16`] call (no horizontal sums; [`Self::scan_width`]).
 ///
 /// A block whose keys lie in `[min, max]` per channel is stored as a center `c` and a radius
 /// `r ≥ 0` with `[c − r, c + r] ⊇ [min, max]`; its upper bound of `q·k` is then one dot product,
@@ -586,7 +586,7 @@ pub(crate) struct BoundTiles {
 }
 
 /// `x` as bf16 (its high 16 bits), rounded towards +∞ (`up`) or −∞; NaN stays NaN.
-pub(crate) fn bf16_directed(x: f32, up: bool) -> u16 {
+fn bf16_directed(x: f32, up: bool) -> u16 {
     let bits = x.to_bits();
     let hi = (bits >> 16) as u16;
     if x.is_nan() || bits & 0xffff == 0 {
@@ -824,20 +824,16 @@ impl BoundTiles {
     pub fn union_box(&self, t: usize) -> (Vec<f32>, Vec<f32>) {
         let d = self.d;
         let count = (self.rows - t * COL_TILE).min(COL_TILE);
-        let (mut hi, mut lo) = (vec![f64::NEG_INFINITY; d], vec![f64::INFINITY; d]);
-        let (mut c, mut rad) = (vec![0.0f32; d], vec![0.0f32; d]);
+        let (mut hi, mut lo) = (vec![f32::NEG_INFINITY; d], vec![f32::INFINITY; d]);
+        // Directed rounding is monotone: the union of the rounded boxes is the rounded union.
         for i in 0..count {
-            self.center_radius(t * COL_TILE + i, &mut c, &mut rad);
+            let (bh, bl) = self.box_of(t * COL_TILE + i);
             for j in 0..d {
-                // bf16 sums and differences are exact in f64.
-                hi[j] = hi[j].max(c[j] as f64 + rad[j] as f64);
-                lo[j] = lo[j].min(c[j] as f64 - rad[j] as f64);
+                hi[j] = hi[j].max(bh[j]);
+                lo[j] = lo[j].min(bl[j]);
             }
         }
-        (
-            hi.iter().map(|&x| f32_directed(x, true)).collect(),
-            lo.iter().map(|&x| f32_directed(x, false)).collect(),
-        )
+        (hi, lo)
     }
 }
 

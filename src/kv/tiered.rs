@@ -145,9 +145,10 @@ pub enum SparseScore {
     Bound,
     /// `α · bound + (1 − α) · q·k̄` with `α` = [`MIX_ALPHA`] and `k̄` the block's mean key: a
     /// block whose keys only *could* align with the query (a wide box) ranks below one whose
-    /// keys do on average. Not itself a bound: the certified mass rule adds
-    /// `(1 − α)·‖q‖·max_b ‖max_b − min_b‖` (≥ bound − score for every block) to the unselected
-    /// side. Costs a third row per block (the mean) in scoring and memory.
+    /// keys do on average. Not itself a bound: the certified mass rule counts the unselected
+    /// side at `exp(‖q‖·W)` times its weight, `W` the largest slack width of the head's stored
+    /// rows (≥ (bound − score)/‖q‖ for every block; [`BoundTiles`]). Scored in one row as wide
+    /// as the bound's; costs the block centers (a third more bound memory).
     #[default]
     Mix,
 }
@@ -1553,10 +1554,8 @@ impl TieredKv {
             Some(sp) if self.sparse_step => (0..self.layers.len())
                 .map(|l| {
                     let next = self.layers[l].len + 1;
-                    (self.layers[l].window.is_none()
-                        && next > sp.budget_tokens
-                        && self.sparse_layer(l))
-                    .then(|| next.saturating_sub(sp.recent_tokens) / self.bgeo.block_tokens)
+                    (next > sp.budget_tokens && self.sparse_layer(l))
+                        .then(|| next.saturating_sub(sp.recent_tokens) / self.bgeo.block_tokens)
                 })
                 .collect(),
             _ => Vec::new(),
