@@ -62,8 +62,10 @@ pub struct CommonKv {
     #[arg(long, default_value_t = 0)]
     pub sparse_dense_layers: usize,
     /// Sparse attention: what --sparse-budget counts: union (the tokens of the blocks read, over
-    /// all KV heads: the read and compute cost) or head (each KV head's own selection).
-    #[arg(long, default_value = "union", value_parser = ["union", "head"])]
+    /// all KV heads, and every head attends them all), union-own (the same blocks read, but a
+    /// head attends only those of its own ranking: less compute) or head (each KV head's own
+    /// selection; the blocks read are their union).
+    #[arg(long, default_value = "union", value_parser = ["union", "union-own", "head"])]
     pub sparse_budget_scope: String,
     /// Sparse attention: how blocks are scored: flat (every block's key bound) or tree (bounds
     /// of 16-block super-blocks first; a super-block's blocks only when the selection reaches
@@ -271,10 +273,10 @@ impl CommonKv {
                     kvspool::kv::tiered::GroupScore::Max
                 },
                 dense_layers: self.sparse_dense_layers,
-                budget_scope: if self.sparse_budget_scope == "head" {
-                    kvspool::kv::tiered::BudgetScope::Head
-                } else {
-                    kvspool::kv::tiered::BudgetScope::Union
+                budget_scope: match self.sparse_budget_scope.as_str() {
+                    "head" => kvspool::kv::tiered::BudgetScope::Head,
+                    "union-own" => kvspool::kv::tiered::BudgetScope::UnionOwn,
+                    _ => kvspool::kv::tiered::BudgetScope::Union,
                 },
                 index: if self.sparse_index == "tree" {
                     kvspool::kv::tiered::SparseIndex::Tree
@@ -346,6 +348,7 @@ fn sparse_json(s: &KvStats) -> Value {
     }
     json!({
         "blocks_read_fraction": t.sparse_selected as f64 / t.sparse_candidates as f64,
+        "head_blocks_fraction": t.sparse_head_attended as f64 / t.sparse_head_candidates.max(1) as f64,
         "mean_est_mass": if t.sparse_passes > 0 { t.sparse_mass_ppm as f64 / 1e6 / t.sparse_passes as f64 } else { 1.0 },
         "sparse_passes": t.sparse_passes,
         "dense_fallbacks": t.sparse_dense_fallbacks,

@@ -282,7 +282,7 @@ pub(crate) fn select(
     // (each ≤ max_blocks, or n_kv · max_blocks with per-head budgets): only that many leaders
     // need to be in its heap (found by a threshold on plain keys; ties all kept).
     let keep = match cfg.budget_scope {
-        BudgetScope::Union => 2 * max_blocks,
+        BudgetScope::Union | BudgetScope::UnionOwn => 2 * max_blocks,
         BudgetScope::Head => (n_kv + 1) * max_blocks,
     } + 1;
     let key_tokens: Vec<f32> = first_tokens.iter().map(|t| t.1 as f32).collect();
@@ -474,19 +474,24 @@ pub(crate) fn select(
                 }
             }
         }
-        BudgetScope::Union => {
+        BudgetScope::Union | BudgetScope::UnionOwn => {
             // Greedy over heads: the head whose best candidate carries the most estimated mass
-            // goes first (a super-block is expanded and the race rerun); a block read by one
-            // head is attended by all. Stops at the budget or when every head reached its mass.
+            // goes first (a super-block is expanded and the race rerun). `Union`: a block read
+            // by one head is attended by all. `UnionOwn`: a head attends only the blocks of its
+            // own ranking, and takes one another head already read for free. Stops at the
+            // budget or when every head reached its mass.
+            let own = cfg.budget_scope == BudgetScope::UnionOwn;
             loop {
                 let mut best: Option<(usize, Cand)> = None;
                 for (h, heap) in bk.heaps.iter_mut().enumerate() {
                     if bk.got[h] >= cfg.mass {
                         continue;
                     }
+                    // Blocks this head already attends are spent.
+                    let spent = if own { 1u32 << h } else { all_heads };
                     while heap
                         .peek()
-                        .is_some_and(|c| !c.is_super && masks[c.first as usize] != 0)
+                        .is_some_and(|c| !c.is_super && masks[c.first as usize] & spent != 0)
                     {
                         heap.pop();
                     }
@@ -502,11 +507,37 @@ pub(crate) fn select(
                     expand(h, b / span, &mut bk);
                     continue;
                 }
+                if own && masks[b] != 0 {
+                    // Read already (for another head): attending it costs no budget.
+                    bk.heaps[h].pop();
+                    masks[b] |= 1 << h;
+                    account(b, 1 << h, &mut bk);
+                    continue;
+                }
                 if union_tokens + tokens[b] > cfg.budget_tokens {
+                    if own {
+                        // The budget is spent; each head still takes, down its own ranking,
+                        // the blocks that are read anyway (its attended set stays a prefix).
+                        for h in 0..n_kv {
+                            while bk.got[h] < cfg.mass {
+                                let Some(&c) = bk.heaps[h].peek() else { break };
+                                let b = c.first as usize;
+                                if c.is_super || masks[b] == 0 {
+                                    break;
+                                }
+                                bk.heaps[h].pop();
+                                if masks[b] & (1 << h) == 0 {
+                                    masks[b] |= 1 << h;
+                                    account(b, 1 << h, &mut bk);
+                                }
+                            }
+                        }
+                    }
                     break;
                 }
                 union_tokens += tokens[b];
-                masks[b] = all_heads;
+                let heads = if own { 1u32 << h } else { all_heads };
+                masks[b] = heads;
                 taken.push(b);
                 if bk.certifiable != 0 && lower.is_some() {
                     let r = (cfg.budget_tokens - union_tokens) / min_tokens + 2;
@@ -517,7 +548,7 @@ pub(crate) fn select(
                         }
                     }
                 }
-                account(b, all_heads, &mut bk);
+                account(b, heads, &mut bk);
             }
         }
     }

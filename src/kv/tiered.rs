@@ -192,6 +192,21 @@ pub enum BudgetScope {
     /// Each KV head's own selection; the blocks read are their union (up to `n_kv` times the
     /// budget), and each block is computed only for the heads that chose it.
     Head,
+    /// The blocks read count as for `Union` (same greedy, same budget), but each KV head
+    /// attends only the blocks of its own ranking (a block another head read is free for it
+    /// when its turn comes): the compute is each head's own selection, not the whole union.
+    UnionOwn,
+}
+
+impl BudgetScope {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetScope::Union => "union",
+            BudgetScope::Head => "head",
+            BudgetScope::UnionOwn => "union-own",
+        }
+    }
 }
 
 /// `--sparse-group`: how the query heads that share a KV head score a block.
@@ -418,6 +433,11 @@ pub struct LayerStats {
     pub sparse_candidates: u64,
     /// Sparse attention: blocks they read.
     pub sparse_selected: u64,
+    /// Sparse attention: (block, KV head) pairs the sparse passes could have computed.
+    pub sparse_head_candidates: u64,
+    /// ... of which they computed (with `--sparse-budget-scope union` every head computes every
+    /// block read; `union-own` and `head` only each head's own).
+    pub sparse_head_attended: u64,
     /// Sparse attention: passes read densely because the bounds could not separate blocks.
     pub sparse_dense_fallbacks: u64,
     /// Sparse attention: sum over passes of the selection's attention mass — the certified
@@ -459,6 +479,8 @@ impl LayerStats {
         self.stall_ns += o.stall_ns;
         self.sparse_candidates += o.sparse_candidates;
         self.sparse_selected += o.sparse_selected;
+        self.sparse_head_candidates += o.sparse_head_candidates;
+        self.sparse_head_attended += o.sparse_head_attended;
         self.sparse_dense_fallbacks += o.sparse_dense_fallbacks;
         self.sparse_mass_ppm += o.sparse_mass_ppm;
         self.sparse_passes += o.sparse_passes;
@@ -484,6 +506,8 @@ impl LayerStats {
             stall_ns: self.stall_ns - o.stall_ns,
             sparse_candidates: self.sparse_candidates - o.sparse_candidates,
             sparse_selected: self.sparse_selected - o.sparse_selected,
+            sparse_head_candidates: self.sparse_head_candidates - o.sparse_head_candidates,
+            sparse_head_attended: self.sparse_head_attended - o.sparse_head_attended,
             sparse_dense_fallbacks: self.sparse_dense_fallbacks - o.sparse_dense_fallbacks,
             sparse_mass_ppm: self.sparse_mass_ppm - o.sparse_mass_ppm,
             sparse_passes: self.sparse_passes - o.sparse_passes,
@@ -1964,6 +1988,8 @@ impl TieredKv {
             "prefetch_lead_s": d.prefetch_lead_ns as f64 * 1e-9,
             "sparse_candidates": d.sparse_candidates,
             "sparse_selected": d.sparse_selected,
+            "sparse_head_candidates": d.sparse_head_candidates,
+            "sparse_head_attended": d.sparse_head_attended,
             "evictions": ev,
             "write_behind": self.writes_in_flight,
             "ram_resident_bytes": self.arena.resident_bytes(),
@@ -2472,9 +2498,12 @@ impl KvCache for TieredKv {
             let sel = self.sparse_select(layer, qy, stored, &sp);
             let st = &mut self.stats[layer];
             st.sparse_candidates += nb as u64;
+            st.sparse_head_candidates += (nb * n_kv) as u64;
             match sel.map(|s| (s.blocks, s.mass)) {
                 Some((sel, mass)) => {
                     st.sparse_selected += sel.len() as u64;
+                    st.sparse_head_attended +=
+                        sel.iter().map(|&(_, m)| m.count_ones() as u64).sum::<u64>();
                     st.sparse_mass_ppm += (mass as f64 * 1e6) as u64;
                     st.sparse_passes += 1;
                     head_masks = vec![0u32; nb];
@@ -2485,6 +2514,7 @@ impl KvCache for TieredKv {
                 }
                 None => {
                     st.sparse_selected += nb as u64;
+                    st.sparse_head_attended += (nb * n_kv) as u64;
                     st.sparse_dense_fallbacks += 1;
                 }
             }
