@@ -27,6 +27,7 @@
 
 use super::tiered::{BudgetScope, SparseConfig};
 use crate::kernels::COL_TILE;
+use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -99,6 +100,19 @@ impl Ord for Cand {
     }
 }
 
+/// One KV head's share of a selection's preparation (computed per head in parallel).
+struct HeadPrep {
+    /// Per column of the head: the largest first-level score, `Σ tokens·exp(score − max)` and
+    /// that sum times the certificate's boost.
+    col_mx: Vec<f32>,
+    col_sum: Vec<f32>,
+    cert_unsel: Vec<f64>,
+    /// Whether the head's certificate can reach the mass at this budget.
+    certifiable: bool,
+    /// Its candidates by key (only the leaders it could ever pop, without super-blocks).
+    heap: BinaryHeap<Cand>,
+}
+
 /// The mutable state of one selection that the greedy, the expansions and the accounting
 /// share.
 struct Book {
@@ -154,20 +168,6 @@ pub(crate) fn select(
         let t = &tokens[s * span..(s + 1) * span];
         (t.iter().sum(), t.iter().copied().max().unwrap_or(0))
     };
-    // Per column: the max and the unnormalized weights of the first-level candidates.
-    let sup_col = |c: usize| &sc.supers[c * n_super..(c + 1) * n_super];
-    let loose_col = |c: usize| &sc.blocks[c * nb + loose.start..(c + 1) * nb];
-    let col_mx: Vec<f32> = (0..cols)
-        .map(|c| {
-            sup_col(c)
-                .iter()
-                .chain(loose_col(c))
-                .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
-        })
-        .collect();
-    if col_mx.iter().any(|m| !m.is_finite()) {
-        return None;
-    }
     // One exp for every weight (the vector kernel's, lane-exact on one element), so that a
     // super-block's key and its blocks' keys compare exactly as their scores do.
     let ex = |x: f32, m: f32| {
@@ -175,10 +175,7 @@ pub(crate) fn select(
         crate::kernels::exp_shift_sum(&mut a, m);
         a[0]
     };
-    let weight = |tok: usize, x: f32, c: usize| tok as f32 * ex(x, col_mx[c]);
-    // First-level candidates `i`: super-blocks `0..n_super`, then the loose blocks. Per column,
-    // their `exp(score − max)` in one vectorized pass (`e[c · n1 + i]`), the column sums of
-    // `tokens · e` (the normalizers, also the certified rule's unselected mass to start from).
+    // First-level candidates `i`: super-blocks `0..n_super`, then the loose blocks.
     let n1 = n_super + loose.len();
     let first_tokens: Vec<(usize, usize)> = (0..n_super)
         .map(super_tokens)
@@ -188,34 +185,6 @@ pub(crate) fn select(
     let boost: Vec<f64> = (0..cols)
         .map(|c| (sc.slack.get(c).copied().unwrap_or(0.0).max(0.0) as f64).exp())
         .collect();
-    let mut e = vec![0.0f32; cols * n1];
-    let mut col_sum = vec![0.0f32; cols];
-    let mut cert_unsel = vec![0.0f64; cols];
-    for c in 0..cols {
-        let ec = &mut e[c * n1..(c + 1) * n1];
-        ec[..n_super].copy_from_slice(sup_col(c));
-        ec[n_super..].copy_from_slice(loose_col(c));
-        crate::kernels::exp_shift_sum(ec, col_mx[c]);
-        let mut sum = 0.0f64;
-        for (x, &(tok, _)) in ec.iter().zip(&first_tokens) {
-            sum += (tok as f32 * x) as f64;
-        }
-        col_sum[c] = sum as f32;
-        cert_unsel[c] = sum * boost[c];
-    }
-    let inv: Vec<f32> = col_sum
-        .iter()
-        .map(|s| 1.0 / (s * per_head as f32))
-        .collect();
-    // A candidate's key for head `h` from its scores `x[s]` and token count.
-    let key_of = |h: usize, x: &[f32], tok: usize| -> f32 {
-        let mut k = 0.0f32;
-        for (s, &v) in x.iter().enumerate() {
-            let c = h * per_head + s;
-            k += weight(tok, v, c) * inv[c];
-        }
-        k
-    };
     // Forced for every head: block 0 (attention sinks) and the recent blocks.
     let mut forced = vec![0usize];
     let mut recent = 0usize;
@@ -234,29 +203,74 @@ pub(crate) fn select(
     } else {
         (1u32 << n_kv) - 1
     };
-    // Heads whose certified mass can reach `cfg.mass` at this budget at all: a column's
-    // certificate is at most (its largest `max_blocks` first-level weights, a super-block's in
-    // full) / (all of them). The others are limited by the budget alone; their lower bounds
-    // are never computed and their counted mass stays 0 (a valid lower bound).
     let heaviest = first_tokens.iter().map(|t| t.0).max().unwrap_or(0) as f64;
-    let certifiable: u32 = if lower.is_none() {
-        all_heads
-    } else {
-        let mut w: Vec<f32> = Vec::with_capacity(n1);
-        (0..n_kv)
-            .filter(|&h| {
+    // Without super-blocks a head pops at most the blocks it takes and the blocks others took
+    // (each ≤ max_blocks, or n_kv · max_blocks with per-head budgets): only that many leaders
+    // need to be in its heap (found by a threshold on plain keys; ties all kept).
+    let keep = match cfg.budget_scope {
+        BudgetScope::Union | BudgetScope::UnionOwn => 2 * max_blocks,
+        BudgetScope::Head => (n_kv + 1) * max_blocks,
+    } + 1;
+    let key_tokens: Vec<f32> = first_tokens.iter().map(|t| t.1 as f32).collect();
+    // Per KV head, independently (in parallel): per column the max and the unnormalized weights
+    // `exp(score − max)` of the first-level candidates (`e[c · n1 + i]`, one vectorized pass),
+    // the column sums of `tokens · e` (the normalizers, also the certified rule's unselected
+    // mass to start from), whether the head's certificate can reach the mass at all, and its
+    // heap of candidates.
+    let mut e = vec![0.0f32; cols * n1];
+    let prep: Vec<Option<HeadPrep>> = e
+        .par_chunks_mut(per_head * n1)
+        .enumerate()
+        .map(|(h, eh)| {
+            let mut p = HeadPrep {
+                col_mx: vec![f32::NEG_INFINITY; per_head],
+                col_sum: vec![0.0f32; per_head],
+                cert_unsel: vec![0.0f64; per_head],
+                certifiable: lower.is_none(),
+                heap: BinaryHeap::new(),
+            };
+            for si in 0..per_head {
+                let c = h * per_head + si;
+                let sup = &sc.supers[c * n_super..(c + 1) * n_super];
+                let lc = &sc.blocks[c * nb + loose.start..(c + 1) * nb];
+                let mx = sup
+                    .iter()
+                    .chain(lc)
+                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                if !mx.is_finite() {
+                    return None;
+                }
+                p.col_mx[si] = mx;
+                let ec = &mut eh[si * n1..(si + 1) * n1];
+                ec[..n_super].copy_from_slice(sup);
+                ec[n_super..].copy_from_slice(lc);
+                crate::kernels::exp_shift_sum(ec, mx);
+                let mut sum = 0.0f64;
+                for (x, &(tok, _)) in ec.iter().zip(&first_tokens) {
+                    sum += (tok as f32 * x) as f64;
+                }
+                p.col_sum[si] = sum as f32;
+                p.cert_unsel[si] = sum * boost[c];
+            }
+            // Can the head's certified mass reach `cfg.mass` at this budget at all? A column's
+            // certificate is at most (its largest `max_blocks` first-level weights, a
+            // super-block's in full) / (all of them). If not, the budget alone limits the head:
+            // its lower bounds are never computed and its counted mass stays 0 (a valid lower
+            // bound).
+            if lower.is_some() {
                 let mut reach = 0.0f64;
+                let mut w: Vec<f32> = Vec::new();
                 for si in 0..per_head {
-                    let c = h * per_head + si;
                     let k = max_blocks.min(n1);
-                    // (Unscaled: the certificate is at most the selected share of the
-                    // scores' own weights, whatever the boost.)
-                    let total = (cert_unsel[c] / boost[c]).max(f64::MIN_POSITIVE);
+                    // (Unscaled: the certificate is at most the selected share of the scores'
+                    // own weights, whatever the boost.)
+                    let total =
+                        (p.cert_unsel[si] / boost[h * per_head + si]).max(f64::MIN_POSITIVE);
                     // k weights of at most `heaviest` each (exp ≤ 1) bound the top k.
                     let top = if k as f64 * heaviest < total * cfg.mass as f64 {
                         k as f64 * heaviest
                     } else {
-                        let ec = &e[c * n1..(c + 1) * n1];
+                        let ec = &eh[si * n1..(si + 1) * n1];
                         w.clear();
                         w.extend(ec.iter().zip(&first_tokens).map(|(x, t)| t.0 as f32 * x));
                         if k < w.len() {
@@ -267,40 +281,19 @@ pub(crate) fn select(
                     };
                     reach += (top / total).min(1.0);
                 }
-                reach / per_head as f64 >= cfg.mass as f64 - 1e-6
-            })
-            .fold(0u32, |m, h| m | (1 << h))
-    };
-    let in_super = |b: usize| {
-        if b < n_super * span {
-            Some(b / span)
-        } else {
-            None
-        }
-    };
-    // Without super-blocks a head pops at most the blocks it takes and the blocks others took
-    // (each ≤ max_blocks, or n_kv · max_blocks with per-head budgets): only that many leaders
-    // need to be in its heap (found by a threshold on plain keys; ties all kept).
-    let keep = match cfg.budget_scope {
-        BudgetScope::Union | BudgetScope::UnionOwn => 2 * max_blocks,
-        BudgetScope::Head => (n_kv + 1) * max_blocks,
-    } + 1;
-    let key_tokens: Vec<f32> = first_tokens.iter().map(|t| t.1 as f32).collect();
-    let mut keys = vec![0.0f32; n1];
-    let mut sorted = Vec::new();
-    let heaps: Vec<BinaryHeap<Cand>> = (0..n_kv)
-        .map(|h| {
-            keys.fill(0.0);
+                p.certifiable = reach / per_head as f64 >= cfg.mass as f64 - 1e-6;
+            }
+            // The head's candidates by key `Σ_columns tokens·e / Z_c / per_head`.
+            let mut keys = vec![0.0f32; n1];
             for si in 0..per_head {
-                let c = h * per_head + si;
-                let ec = &e[c * n1..(c + 1) * n1];
+                let inv = 1.0 / (p.col_sum[si] * per_head as f32);
+                let ec = &eh[si * n1..(si + 1) * n1];
                 for ((k, &t), &x) in keys.iter_mut().zip(&key_tokens).zip(ec) {
-                    *k += t * x * inv[c];
+                    *k += t * x * inv;
                 }
             }
             let threshold = if n_super == 0 && keep < n1 {
-                sorted.clear();
-                sorted.extend_from_slice(&keys);
+                let mut sorted = keys.clone();
                 *sorted.select_nth_unstable_by(keep, |a, b| b.total_cmp(a)).1
             } else {
                 f32::NEG_INFINITY
@@ -322,9 +315,47 @@ pub(crate) fn select(
                     }
                 })
                 .collect();
-            BinaryHeap::from(v)
+            p.heap = BinaryHeap::from(v);
+            Some(p)
         })
         .collect();
+    let prep: Vec<HeadPrep> = prep.into_iter().collect::<Option<_>>()?;
+    let col_mx: Vec<f32> = prep.iter().flat_map(|p| p.col_mx.iter().copied()).collect();
+    let col_sum: Vec<f32> = prep
+        .iter()
+        .flat_map(|p| p.col_sum.iter().copied())
+        .collect();
+    let cert_unsel: Vec<f64> = prep
+        .iter()
+        .flat_map(|p| p.cert_unsel.iter().copied())
+        .collect();
+    let certifiable: u32 = prep
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.certifiable)
+        .fold(0u32, |m, (h, _)| m | (1 << h));
+    let heaps: Vec<BinaryHeap<Cand>> = prep.into_iter().map(|p| p.heap).collect();
+    let weight = |tok: usize, x: f32, c: usize| tok as f32 * ex(x, col_mx[c]);
+    let inv: Vec<f32> = col_sum
+        .iter()
+        .map(|s| 1.0 / (s * per_head as f32))
+        .collect();
+    // A candidate's key for head `h` from its scores `x[s]` and token count.
+    let key_of = |h: usize, x: &[f32], tok: usize| -> f32 {
+        let mut k = 0.0f32;
+        for (s, &v) in x.iter().enumerate() {
+            let c = h * per_head + s;
+            k += weight(tok, v, c) * inv[c];
+        }
+        k
+    };
+    let in_super = |b: usize| {
+        if b < n_super * span {
+            Some(b / span)
+        } else {
+            None
+        }
+    };
     let mut expansions = 0usize;
     // Score super-block `s`'s blocks for head `h` and put them in its heap instead of it.
     let mut expand = |h: usize, s: usize, bk: &mut Book| {
