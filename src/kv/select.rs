@@ -102,10 +102,12 @@ impl Ord for Cand {
 
 /// One KV head's share of a selection's preparation (computed per head in parallel).
 struct HeadPrep {
-    /// Per column of the head: the largest first-level score, `Σ tokens·exp(score − max)` and
-    /// that sum times the certificate's boost.
+    /// Per column of the head: the largest first-level score, the normalizer
+    /// `Σ tokens·exp(score − max)`, `1 / (normalizer · per_head)` and the normalizer times the
+    /// certificate's boost.
     col_mx: Vec<f32>,
     col_sum: Vec<f32>,
+    inv: Vec<f32>,
     cert_unsel: Vec<f64>,
     /// Whether the head's certificate can reach the mass at this budget.
     certifiable: bool,
@@ -225,6 +227,7 @@ pub(crate) fn select(
             let mut p = HeadPrep {
                 col_mx: vec![f32::NEG_INFINITY; per_head],
                 col_sum: vec![0.0f32; per_head],
+                inv: vec![0.0f32; per_head],
                 cert_unsel: vec![0.0f64; per_head],
                 certifiable: lower.is_none(),
                 heap: BinaryHeap::new(),
@@ -250,6 +253,7 @@ pub(crate) fn select(
                     sum += (tok as f32 * x) as f64;
                 }
                 p.col_sum[si] = sum as f32;
+                p.inv[si] = 1.0 / (p.col_sum[si] * per_head as f32);
                 p.cert_unsel[si] = sum * boost[c];
             }
             // Can the head's certified mass reach `cfg.mass` at this budget at all? A column's
@@ -286,8 +290,7 @@ pub(crate) fn select(
             // The head's candidates by key `Σ_columns tokens·e / Z_c / per_head`.
             let mut keys = vec![0.0f32; n1];
             for si in 0..per_head {
-                let inv = 1.0 / (p.col_sum[si] * per_head as f32);
-                let ec = &eh[si * n1..(si + 1) * n1];
+                let (inv, ec) = (p.inv[si], &eh[si * n1..(si + 1) * n1]);
                 for ((k, &t), &x) in keys.iter_mut().zip(&key_tokens).zip(ec) {
                     *k += t * x * inv;
                 }
@@ -334,12 +337,9 @@ pub(crate) fn select(
         .enumerate()
         .filter(|(_, p)| p.certifiable)
         .fold(0u32, |m, (h, _)| m | (1 << h));
+    let inv: Vec<f32> = prep.iter().flat_map(|p| p.inv.iter().copied()).collect();
     let heaps: Vec<BinaryHeap<Cand>> = prep.into_iter().map(|p| p.heap).collect();
     let weight = |tok: usize, x: f32, c: usize| tok as f32 * ex(x, col_mx[c]);
-    let inv: Vec<f32> = col_sum
-        .iter()
-        .map(|s| 1.0 / (s * per_head as f32))
-        .collect();
     // A candidate's key for head `h` from its scores `x[s]` and token count.
     let key_of = |h: usize, x: &[f32], tok: usize| -> f32 {
         let mut k = 0.0f32;

@@ -198,17 +198,6 @@ pub enum BudgetScope {
     UnionOwn,
 }
 
-impl BudgetScope {
-    /// The flag value.
-    pub fn name(self) -> &'static str {
-        match self {
-            BudgetScope::Union => "union",
-            BudgetScope::Head => "head",
-            BudgetScope::UnionOwn => "union-own",
-        }
-    }
-}
-
 /// `--sparse-group`: how the query heads that share a KV head score a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GroupScore {
