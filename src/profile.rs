@@ -122,12 +122,13 @@ pub struct Counters {
 }
 
 /// The trace fields [`Prediction`] is made of (the text report shows them in its own table).
-pub const PREDICTION_FIELDS: [&str; 10] = [
+pub const PREDICTION_FIELDS: [&str; 11] = [
     "predicted",
     "predicted_used",
     "spec_predicted",
     "spec_used",
     "speculations",
+    "spec_gated",
     "prefetch_reads",
     "prefetch_unused",
     "prefetch_lead_s",
@@ -152,6 +153,7 @@ fn prediction_of(c: &Counters) -> Option<Prediction> {
         spec_predicted: g("spec_predicted"),
         spec_used: g("spec_used"),
         speculations: g("speculations"),
+        spec_gated: g("spec_gated"),
         prefetch_reads: g("prefetch_reads"),
         prefetch_unused: g("prefetch_unused"),
         prefetch_lead_ns: (c.extra.get("prefetch_lead_s").copied().unwrap_or(0.0) * 1e9).round()
@@ -400,9 +402,9 @@ pub fn render_text(p: &Profile) -> String {
 /// The prediction table: per layer that read blocks, then all.
 fn render_prediction(p: &Profile) -> String {
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
-    let mut o = String::from("prediction (order = sequential/reuse predictor, spec = speculation; precision = named and then read / named, recall = read and named / read):\n");
+    let mut o = String::from("prediction (order = sequential/reuse predictor, spec = speculation; precision = named and then read / named, recall = read and named / read; gated = passes auto ran without speculation, as it did not pay):\n");
     o.push_str(&format!(
-        "{:>5} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}\n",
+        "{:>5} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>8} {:>8}\n",
         "layer",
         "order",
         "prec",
@@ -410,6 +412,7 @@ fn render_prediction(p: &Profile) -> String {
         "spec",
         "prec",
         "recall",
+        "gated",
         "pf_reads",
         "pf_used",
         "coverage",
@@ -419,7 +422,7 @@ fn render_prediction(p: &Profile) -> String {
     let row = |o: &mut String, name: String, c: &Counters| {
         let Some(q) = &c.prediction else { return };
         o.push_str(&format!(
-            "{:>5} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8}\n",
+            "{:>5} {:>10} {:>8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>8} {:>8}\n",
             name,
             q.predicted,
             pct(q.order_precision),
@@ -427,6 +430,7 @@ fn render_prediction(p: &Profile) -> String {
             q.spec_predicted,
             pct(q.spec_precision),
             pct(q.spec_recall),
+            q.spec_gated,
             q.prefetch_reads,
             pct(q.prefetch_used),
             pct(q.coverage),

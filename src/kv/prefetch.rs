@@ -17,7 +17,8 @@
 //!   current hidden state and calls [`super::KvCache::speculate`]; the cache scores that layer's
 //!   blocks with the estimate and reads the selection while the layers in between compute
 //!   (sparse passes only: a dense pass reads everything, which `sequential` already predicts);
-//! - `auto` (the default): `reuse` plus `speculative`.
+//! - `auto` (the default): `reuse` plus `speculative`, with speculation per layer only while
+//!   it pays ([`SpecGate`]: measured pass time plus speculation time, with and without).
 //!
 //! Invariants: a prefetcher only *suggests*; returning a block that is not read, already
 //! resident, or not sealed costs at most a read and never changes a result. Blocks are named by
@@ -230,9 +231,164 @@ impl Prefetcher for Reuse {
     }
 }
 
+/// Passes a [`SpecGate`] spends in a state to measure it.
+pub const GATE_PROBE: u32 = 4;
+/// Passes it then stays in the cheaper state before measuring the other again.
+pub const GATE_SETTLE: u32 = 32;
+
+/// Whether speculation pays for one layer (`--prefetch auto`): speculation costs a second
+/// scoring and selection per pass (and the model's query estimate); it pays only when the reads
+/// it starts early save more stall than that. The gate measures both: a pass's *cost* is the
+/// time of the layer's attention pass plus the time its speculation took, and the gate keeps the
+/// mean cost with and without speculation, each from its own recent passes.
+///
+/// Schedule: probe "on" for [`GATE_PROBE`] passes, then "off", then settle on the cheaper state
+/// for [`GATE_SETTLE`] passes, probe the other again, and so on. A probe's first pass is
+/// not counted (it still sees the other state's prefetches); a settled state's mean follows its
+/// passes (an exponential average). Ties go to "off" (less work).
+///
+/// Invariants: the gate only decides whether speculation runs, never a result; it is
+/// deterministic given the costs it is fed.
+#[derive(Debug, Clone)]
+pub struct SpecGate {
+    on: bool,
+    probing: bool,
+    /// Passes left in this phase.
+    left: u32,
+    /// Passes seen in this phase.
+    seen: u32,
+    /// Mean cost per pass in ns, `[off, on]`, once measured.
+    cost: [Option<f64>; 2],
+    /// The running probe's sum and count (its first pass skipped).
+    probe_sum: f64,
+    probe_n: u32,
+}
+
+impl Default for SpecGate {
+    fn default() -> Self {
+        SpecGate {
+            on: true,
+            probing: true,
+            left: GATE_PROBE,
+            seen: 0,
+            cost: [None, None],
+            probe_sum: 0.0,
+            probe_n: 0,
+        }
+    }
+}
+
+impl SpecGate {
+    /// Whether the layer's next pass should be speculated for.
+    pub fn speculating(&self) -> bool {
+        self.on
+    }
+
+    /// The mean cost per pass (ns) measured without and with speculation.
+    pub fn costs(&self) -> [Option<f64>; 2] {
+        self.cost
+    }
+
+    /// One pass ended; `cost_ns` is its attention time plus its speculation's time.
+    pub fn record(&mut self, cost_ns: f64) {
+        let st = self.on as usize;
+        self.seen += 1;
+        if self.probing {
+            if self.seen > 1 {
+                self.probe_sum += cost_ns;
+                self.probe_n += 1;
+            }
+        } else {
+            let m = self.cost[st].get_or_insert(cost_ns);
+            *m += 0.25 * (cost_ns - *m);
+        }
+        self.left = self.left.saturating_sub(1);
+        if self.left > 0 {
+            return;
+        }
+        if self.probing && self.probe_n > 0 {
+            self.cost[st] = Some(self.probe_sum / self.probe_n as f64);
+        }
+        let (next_on, probing) = match self.cost {
+            // The other state was never measured: probe it.
+            [None, _] => (false, true),
+            [_, None] => (true, true),
+            [Some(off), Some(on)] => {
+                let better = on < off;
+                if self.probing {
+                    (better, false)
+                } else {
+                    // Settled: measure the other state again (costs drift with the cache).
+                    (!self.on, true)
+                }
+            }
+        };
+        self.on = next_on;
+        self.probing = probing;
+        self.left = if probing { GATE_PROBE } else { GATE_SETTLE };
+        self.seen = 0;
+        self.probe_sum = 0.0;
+        self.probe_n = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feed a gate passes whose cost depends on its state; returns the states it ran in.
+    fn run_gate(g: &mut SpecGate, passes: usize, off: f64, on: f64) -> Vec<bool> {
+        (0..passes)
+            .map(|_| {
+                let st = g.speculating();
+                g.record(if st { on } else { off });
+                st
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spec_gate_settles_on_the_cheaper_state_and_reprobes() {
+        let p = GATE_PROBE as usize;
+        let s = GATE_SETTLE as usize;
+        // Speculation costs more than it saves: probe on, probe off, settle off.
+        let mut g = SpecGate::default();
+        let states = run_gate(&mut g, 2 * p + s, 10.0, 13.0);
+        assert!(states[..p].iter().all(|&x| x));
+        assert!(states[p..].iter().all(|&x| !x), "{states:?}");
+        assert_eq!(g.costs(), [Some(10.0), Some(13.0)]);
+        // After the settled phase it measures "on" again, finds it still worse, goes back.
+        let states = run_gate(&mut g, p + s, 10.0, 13.0);
+        assert!(states[..p].iter().all(|&x| x));
+        assert!(states[p..].iter().all(|&x| !x));
+        // Speculation pays (the disk got slow: passes without it stall). The gate is about to
+        // probe "on" while its "off" mean is stale (10), so it settles off once more, sees the
+        // new cost there, and after its next probe settles on.
+        let states = run_gate(&mut g, 2 * (p + s), 30.0, 13.0);
+        assert!(states[..p].iter().all(|&x| x), "{states:?}");
+        assert!(states[p..p + s].iter().all(|&x| !x), "{states:?}");
+        assert!(states[p + s + p..].iter().all(|&x| x), "{states:?}");
+        // Ties go to off.
+        let mut g = SpecGate::default();
+        let states = run_gate(&mut g, 2 * p + 1, 5.0, 5.0);
+        assert!(!states[2 * p]);
+    }
+
+    #[test]
+    fn spec_gate_skips_a_probes_first_pass() {
+        // The first pass of each probe is an outlier (it still sees the other state's reads):
+        // it must not decide.
+        let mut g = SpecGate::default();
+        let p = GATE_PROBE as usize;
+        for i in 0..p {
+            g.record(if i == 0 { 1e9 } else { 10.0 });
+        }
+        for i in 0..p {
+            g.record(if i == 0 { 1e9 } else { 12.0 });
+        }
+        assert_eq!(g.costs(), [Some(12.0), Some(10.0)]);
+        assert!(g.speculating());
+    }
 
     #[test]
     fn sequential_reads_ahead_in_pass_order() {

@@ -49,7 +49,7 @@ use super::io::{self, IoDone, IoReq, Target};
 use super::policy::{
     ArenaError, BlockId, EvictionPolicy, FrameArena, FrameId, FrameState, Lru, NextUse,
 };
-use super::prefetch::{PrefetchMode, Prefetcher, StoreView};
+use super::prefetch::{PrefetchMode, Prefetcher, SpecGate, StoreView};
 use super::select::{self, BoundTiles, Selection};
 use super::{AttnQuery, KvCache, KvError, KvGeometry};
 use crate::kernels::attention::AttnState;
@@ -447,6 +447,9 @@ pub struct LayerStats {
     pub spec_used: u64,
     /// Speculative queries the model sent for this layer.
     pub speculations: u64,
+    /// Passes `--prefetch auto` ran without speculation because, measured, it did not pay for
+    /// this layer ([`super::prefetch::SpecGate`]).
+    pub spec_gated: u64,
     /// Blocks read from disk by a prefetch (used or not).
     pub prefetch_reads: u64,
     /// Prefetched blocks the pass found still unused at its end and released.
@@ -478,6 +481,7 @@ impl LayerStats {
         self.spec_predicted += o.spec_predicted;
         self.spec_used += o.spec_used;
         self.speculations += o.speculations;
+        self.spec_gated += o.spec_gated;
         self.prefetch_reads += o.prefetch_reads;
         self.prefetch_unused += o.prefetch_unused;
         self.prefetch_lead_ns += o.prefetch_lead_ns;
@@ -505,6 +509,7 @@ impl LayerStats {
             spec_predicted: self.spec_predicted - o.spec_predicted,
             spec_used: self.spec_used - o.spec_used,
             speculations: self.speculations - o.speculations,
+            spec_gated: self.spec_gated - o.spec_gated,
             prefetch_reads: self.prefetch_reads - o.prefetch_reads,
             prefetch_unused: self.prefetch_unused - o.prefetch_unused,
             prefetch_lead_ns: self.prefetch_lead_ns - o.prefetch_lead_ns,
@@ -530,6 +535,7 @@ impl LayerStats {
             order_precision: div(self.predicted_used, self.predicted),
             order_recall: div(self.predicted_used, read),
             speculations: self.speculations,
+            spec_gated: self.spec_gated,
             spec_predicted: self.spec_predicted,
             spec_precision: div(self.spec_used, self.spec_predicted),
             spec_recall: div(self.spec_used, read),
@@ -555,6 +561,8 @@ pub struct Prediction {
     pub order_recall: Option<f64>,
     /// Speculative queries received.
     pub speculations: u64,
+    /// Passes `auto` ran without speculation (it did not pay for the layer).
+    pub spec_gated: u64,
     /// Blocks speculation named.
     pub spec_predicted: u64,
     /// ... of them then read / named.
@@ -739,6 +747,10 @@ pub struct TieredKv {
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
     needs_reads: Vec<bool>,
+    /// Per layer (`--prefetch auto`): whether speculation pays for it.
+    spec_gate: Vec<SpecGate>,
+    /// Per layer: time its speculation took since its last pass (ns).
+    spec_ns: Vec<u64>,
     /// This step's passes are sparse (single-token decode with `--attention sparse`): the
     /// dense pass-order hints do not apply; the policy's reuse history does.
     sparse_step: bool,
@@ -974,6 +986,8 @@ impl TieredKv {
             pass_len: 0,
             sparse_step: false,
             needs_reads: vec![true; n_layer],
+            spec_gate: vec![SpecGate::default(); n_layer],
+            spec_ns: vec![0; n_layer],
             oracle: std::env::var("KVSPOOL_SPARSE_ORACLE").is_ok_and(|v| v == "1"),
             trace,
             started: Instant::now(),
@@ -1585,6 +1599,55 @@ impl TieredKv {
         ids
     }
 
+    /// Whether speculation on `layer` would be used, the `--prefetch auto` gate aside: the mode
+    /// speculates, the layer is sparse and longer than the budget, and its last pass had to
+    /// read (selections that stay resident need no speculation).
+    fn spec_eligible(&self, layer: usize) -> bool {
+        self.cfg.prefetch.speculates()
+            && self.cfg.sparse.is_some()
+            && self.poisoned.is_none()
+            && self.sparse_depth() > 0
+            && self.layers.get(layer).is_some_and(|l| {
+                l.window.is_none() && l.len > self.cfg.sparse.map_or(0, |s| s.budget_tokens)
+            })
+            && self.sparse_layer(layer)
+            && self.needs_reads.get(layer).copied().unwrap_or(true)
+    }
+
+    fn speculate_inner(&mut self, layer: usize, qy: &AttnQuery<'_>) -> Result<(), KvError> {
+        self.check()?;
+        if !self.wants_speculation(layer) || qy.n_tokens != 1 {
+            return Ok(());
+        }
+        let Some(sp) = self.cfg.sparse else {
+            return Ok(());
+        };
+        self.poll()?;
+        let stored = self.layers[layer].len;
+        self.stats[layer].speculations += 1;
+        let Some(sel) = self.sparse_select(layer, qy, stored, &sp) else {
+            return Ok(());
+        };
+        // Confidence gating: the estimate is noisy, and the blocks it takes last (at the
+        // budget's margin) are the ones a small error swaps for others. Fetch the forced blocks
+        // and the first half of the scored ones, most needed first; the pass reads the rest
+        // ahead of itself once its exact selection is known.
+        let n_sealed = self.layers[layer].sealed.len();
+        let scored: HashSet<usize> = sel.taken.iter().copied().collect();
+        let keep = sel.taken.len().div_ceil(2);
+        let ids: Vec<BlockId> = sel
+            .blocks
+            .iter()
+            .map(|&(b, _)| b)
+            .filter(|b| !scored.contains(b))
+            .chain(sel.taken[..keep].iter().copied())
+            .filter(|&b| b < n_sealed)
+            .map(|b| BlockId::new(layer as u32, b as u32))
+            .collect();
+        let depth = self.sparse_depth();
+        self.prefetch(&ids, depth, Some(1))
+    }
+
     /// Whether `layer` is a full-attention layer that `--attention sparse` applies to (not one
     /// of the first `dense_layers` full layers).
     fn sparse_layer(&self, layer: usize) -> bool {
@@ -1972,6 +2035,7 @@ impl TieredKv {
             "spec_predicted": d.spec_predicted,
             "spec_used": d.spec_used,
             "speculations": d.speculations,
+            "spec_gated": d.spec_gated,
             "prefetch_reads": d.prefetch_reads,
             "prefetch_unused": d.prefetch_unused,
             "prefetch_lead_s": d.prefetch_lead_ns as f64 * 1e-9,
@@ -2442,6 +2506,12 @@ impl KvCache for TieredKv {
         self.poll()?;
         let t_start = Instant::now();
         self.pass_base = self.stats[layer];
+        // `--prefetch auto`: this pass tells the layer's speculation gate what a pass costs in
+        // the gate's current state (attention time plus the speculation made for it).
+        let gate_obs = self.cfg.prefetch == PrefetchMode::Auto
+            && qy.n_tokens == 1
+            && self.spec_eligible(layer);
+        let gated_off = gate_obs && !self.spec_gate[layer].speculating();
         let ev_before = self.arena.stats().evictions;
         if layer == 0 {
             self.step += 1;
@@ -2606,6 +2676,14 @@ impl KvCache for TieredKv {
                 self.prefetch(&ids, depth, Some(0))?;
             }
         }
+        let spec_ns = std::mem::take(&mut self.spec_ns[layer]);
+        if gate_obs {
+            if gated_off {
+                self.stats[layer].spec_gated += 1;
+            }
+            let ns = t_start.elapsed().as_nanos() as u64 + spec_ns;
+            self.spec_gate[layer].record(ns as f64);
+        }
         if self.trace.is_some() {
             // Everything counted for this layer since its previous trace line (reads that
             // completed, or prefetches issued, during other layers' calls included).
@@ -2624,49 +2702,18 @@ impl KvCache for TieredKv {
     }
 
     fn wants_speculation(&self, layer: usize) -> bool {
-        self.cfg.prefetch.speculates()
-            && self.cfg.sparse.is_some()
-            && self.poisoned.is_none()
-            && self.sparse_depth() > 0
-            && self.layers.get(layer).is_some_and(|l| {
-                l.window.is_none() && l.len > self.cfg.sparse.map_or(0, |s| s.budget_tokens)
-            })
-            && self.sparse_layer(layer)
-            && self.needs_reads.get(layer).copied().unwrap_or(true)
+        self.spec_eligible(layer)
+            && (self.cfg.prefetch != PrefetchMode::Auto
+                || self.spec_gate.get(layer).is_some_and(|g| g.speculating()))
     }
 
     fn speculate(&mut self, layer: usize, qy: &AttnQuery<'_>) -> Result<(), KvError> {
-        self.check()?;
-        if !self.wants_speculation(layer) || qy.n_tokens != 1 {
-            return Ok(());
+        let t = Instant::now();
+        let r = self.speculate_inner(layer, qy);
+        if let Some(ns) = self.spec_ns.get_mut(layer) {
+            *ns += t.elapsed().as_nanos() as u64;
         }
-        let Some(sp) = self.cfg.sparse else {
-            return Ok(());
-        };
-        self.poll()?;
-        let stored = self.layers[layer].len;
-        self.stats[layer].speculations += 1;
-        let Some(sel) = self.sparse_select(layer, qy, stored, &sp) else {
-            return Ok(());
-        };
-        // Confidence gating: the estimate is noisy, and the blocks it takes last (at the
-        // budget's margin) are the ones a small error swaps for others. Fetch the forced blocks
-        // and the first half of the scored ones, most needed first; the pass reads the rest
-        // ahead of itself once its exact selection is known.
-        let n_sealed = self.layers[layer].sealed.len();
-        let scored: HashSet<usize> = sel.taken.iter().copied().collect();
-        let keep = sel.taken.len().div_ceil(2);
-        let ids: Vec<BlockId> = sel
-            .blocks
-            .iter()
-            .map(|&(b, _)| b)
-            .filter(|b| !scored.contains(b))
-            .chain(sel.taken[..keep].iter().copied())
-            .filter(|&b| b < n_sealed)
-            .map(|b| BlockId::new(layer as u32, b as u32))
-            .collect();
-        let depth = self.sparse_depth();
-        self.prefetch(&ids, depth, Some(1))
+        r
     }
 
     fn truncate(&mut self, n: usize) {
