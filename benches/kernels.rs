@@ -118,12 +118,20 @@ fn small(c: &mut Criterion) {
     let a = data(2880, 1);
     let w = data(2880, 2);
     let mut out = vec![0.0f32; 2880];
+    let codes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 & 0xFE)
+        .collect();
+    let mut decoded = vec![0.0f32; 4096];
     for level in SimdLevel::available() {
         g.bench_function(BenchmarkId::new("dot_f32/2880", level), |b| {
             b.iter(|| kernels::dot_f32_at(level, black_box(&a), black_box(&w)))
         });
         g.bench_function(BenchmarkId::new("rmsnorm/2880", level), |b| {
             b.iter(|| kernels::rmsnorm_at(level, black_box(&a), &w, 1e-5, &mut out))
+        });
+        // One 64-token block of one KV head's keys (64 × 64 fp8 codes), as attention decodes it.
+        g.bench_function(BenchmarkId::new("e4m3_decode/4096", level), |b| {
+            b.iter(|| kernels::e4m3_decode_at(level, black_box(&codes), &mut decoded))
         });
     }
     let p = kernels::RopeParams {
