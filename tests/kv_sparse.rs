@@ -312,6 +312,74 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
     }
 }
 
+/// `--prefetch auto` gates speculation per layer (probe on, probe off, settle): over enough
+/// steps the off-probe always comes (it follows the first `GATE_PROBE` measured passes with
+/// speculation, whatever the timings), results stay bit-identical to no prefetching, and the
+/// counters add up.
+#[test]
+fn auto_gates_speculation_without_changing_results() {
+    let cfg = SparseConfig {
+        mass: 0.95,
+        budget_tokens: 512,
+        recent_tokens: 64,
+        group: GroupScore::Sum,
+        dense_layers: 0,
+        budget_scope: BudgetScope::Union,
+        index: SparseIndex::Flat,
+        score: SparseScore::Mix,
+    };
+    // ~28 frames; two layers' selections of 16 blocks each do not stay resident: passes read.
+    let ram = 256 * 1024;
+    let steps = 24;
+    let (base, _) = run_with(
+        Some(cfg),
+        ram,
+        BackendKind::Pread,
+        PrefetchMode::Off,
+        None,
+        steps,
+    );
+    let (got, st) = run_with(
+        Some(cfg),
+        ram,
+        BackendKind::Uring,
+        PrefetchMode::Auto,
+        Some(1.0),
+        steps,
+    );
+    assert!(
+        got.iter()
+            .zip(&base)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "auto with the gate changed the outputs"
+    );
+    let t = st.layers.iter().fold(LayerStats::default(), |mut a, l| {
+        a.add(l);
+        a
+    });
+    assert!(t.speculations > 0, "{t:?}");
+    assert!(
+        t.spec_gated > 0,
+        "no pass ran gated in {steps} steps: {t:?}"
+    );
+    assert!(t.spec_gated + t.speculations <= (2 * steps) as u64, "{t:?}");
+    assert_eq!(t.prediction().spec_gated, t.spec_gated);
+    // `speculative` is the user's explicit choice: never gated.
+    let (got, st) = run_with(
+        Some(cfg),
+        ram,
+        BackendKind::Uring,
+        PrefetchMode::Speculative,
+        Some(1.0),
+        steps,
+    );
+    assert!(got
+        .iter()
+        .zip(&base)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(st.layers.iter().all(|l| l.spec_gated == 0));
+}
+
 #[test]
 fn split_bound_equals_the_reference_bound_on_awkward_lengths() {
     use kvspool::kv::format::KeyBounds;
