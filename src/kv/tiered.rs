@@ -1614,6 +1614,9 @@ impl TieredKv {
             && self.needs_reads.get(layer).copied().unwrap_or(true)
     }
 
+    /// [`KvCache::speculate`]'s work (the trait method times it for the layer's gate): score
+    /// `layer`'s blocks with the estimated query and start reading the confident part of its
+    /// selection.
     fn speculate_inner(&mut self, layer: usize, qy: &AttnQuery<'_>) -> Result<(), KvError> {
         self.check()?;
         if !self.wants_speculation(layer) || qy.n_tokens != 1 {
