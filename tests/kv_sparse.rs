@@ -25,6 +25,19 @@ impl Rng {
     }
 }
 
+/// Whether two outputs are bit-identical, element by element.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The counters of every layer summed.
+fn layer_total(st: &kvspool::kv::KvStats) -> LayerStats {
+    st.layers.iter().fold(LayerStats::default(), |mut a, l| {
+        a.add(l);
+        a
+    })
+}
+
 #[test]
 fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
     // 10 blocks of 64, one KV head; block 5 scores far above the rest, block 7 next.
@@ -177,10 +190,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         score: SparseScore::Bound,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
-    assert!(dense
-        .iter()
-        .zip(&got)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(same_bits(&dense, &got));
 }
 
 #[test]
@@ -210,12 +220,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         for backend in [BackendKind::Pread, BackendKind::Mmap, BackendKind::Uring] {
             let (got, sel) = run(Some(cfg), ram, backend);
             assert_eq!(sel, selected);
-            assert!(
-                got.iter()
-                    .zip(&base)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "ram {ram} {backend:?}"
-            );
+            assert!(same_bits(&got, &base), "ram {ram} {backend:?}");
         }
     }
 }
@@ -278,16 +283,8 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
     for mode in PrefetchMode::ALL {
         for noise in [None, Some(0.0), Some(1.0)] {
             let (got, st) = run_with(Some(cfg), ram, BackendKind::Uring, mode, noise, 6);
-            assert!(
-                got.iter()
-                    .zip(&base)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{mode:?} {noise:?}: outputs differ"
-            );
-            let t = st.layers.iter().fold(LayerStats::default(), |mut a, l| {
-                a.add(l);
-                a
-            });
+            assert!(same_bits(&got, &base), "{mode:?} {noise:?}: outputs differ");
+            let t = layer_total(&st);
             assert!(t.predicted_used <= t.predicted && t.spec_used <= t.spec_predicted);
             assert!(t.prefetch_hits + t.late <= t.prefetch_reads, "{t:?}");
             if mode.speculates() && noise == Some(0.0) {
@@ -348,15 +345,10 @@ fn auto_gates_speculation_without_changing_results() {
         steps,
     );
     assert!(
-        got.iter()
-            .zip(&base)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        same_bits(&got, &base),
         "auto with the gate changed the outputs"
     );
-    let t = st.layers.iter().fold(LayerStats::default(), |mut a, l| {
-        a.add(l);
-        a
-    });
+    let t = layer_total(&st);
     assert!(t.speculations > 0, "{t:?}");
     assert!(
         t.spec_gated > 0,
@@ -373,10 +365,7 @@ fn auto_gates_speculation_without_changing_results() {
         Some(1.0),
         steps,
     );
-    assert!(got
-        .iter()
-        .zip(&base)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(same_bits(&got, &base));
     assert!(st.layers.iter().all(|l| l.spec_gated == 0));
 }
 
@@ -942,8 +931,5 @@ fn union_own_reads_the_union_blocks_computes_fewer_head_blocks_and_is_determinis
         .any(|(a, b)| a.to_bits() != b.to_bits()));
     // Deterministic whatever the RAM budget, backend and prefetcher.
     assert_eq!(o.sparse_head_attended, o2.sparse_head_attended);
-    assert!(out_o
-        .iter()
-        .zip(&out_o2)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(same_bits(&out_o, &out_o2));
 }

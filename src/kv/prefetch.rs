@@ -255,8 +255,6 @@ pub struct SpecGate {
     probing: bool,
     /// Passes left in this phase.
     left: u32,
-    /// Passes seen in this phase.
-    seen: u32,
     /// Mean cost per pass in ns, `[off, on]`, once measured.
     cost: [Option<f64>; 2],
     /// The running probe's sum and count (its first pass skipped).
@@ -270,7 +268,6 @@ impl Default for SpecGate {
             on: true,
             probing: true,
             left: GATE_PROBE,
-            seen: 0,
             cost: [None, None],
             probe_sum: 0.0,
             probe_n: 0,
@@ -292,9 +289,9 @@ impl SpecGate {
     /// One pass ended; `cost_ns` is its attention time plus its speculation's time.
     pub fn record(&mut self, cost_ns: f64) {
         let st = self.on as usize;
-        self.seen += 1;
         if self.probing {
-            if self.seen > 1 {
+            // A probe's first pass is the one that starts with all of its passes left.
+            if self.left < GATE_PROBE {
                 self.probe_sum += cost_ns;
                 self.probe_n += 1;
             }
@@ -326,7 +323,6 @@ impl SpecGate {
         self.on = next_on;
         self.probing = probing;
         self.left = if probing { GATE_PROBE } else { GATE_SETTLE };
-        self.seen = 0;
         self.probe_sum = 0.0;
         self.probe_n = 0;
     }
