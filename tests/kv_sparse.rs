@@ -52,6 +52,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -79,6 +80,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -186,6 +188,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -202,6 +205,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -244,6 +248,7 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -267,6 +272,7 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         group: GroupScore::Sum,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -322,6 +328,7 @@ fn auto_gates_speculation_without_changing_results() {
         group: GroupScore::Sum,
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
     };
@@ -415,6 +422,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -451,6 +459,99 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
     sc2[3 * n_kv + 2] = 0.1;
     let (sel_o2, _) = select_blocks(&sc2, n_kv, 1, &tokens, &own).unwrap();
     assert_eq!(sel_o2, vec![(0, 7), (3, 6), (5, 1), (6, 1), (11, 7)]);
+    // `--sparse-share ρ`: a head also attends a block read for others when its estimated mass
+    // there is at least ρ times the block's share of the positions (here 1/12). The flat head 2
+    // puts 1/12 on every block (ratio 1); head 0's mass on block 3 is e^-9 / (1 + e^-2 +
+    // 10·e^-9) ≈ 1.09e-4 (ratio 1.30e-3), head 1's on 5 and on 6 e^-9.5 / (1 + 11·e^-9.5) ≈
+    // 7.5e-5 (ratio 8.98e-4).
+    let sharing = |share: f32| {
+        let cfg = SparseConfig { share, ..own };
+        select_blocks(&sc, n_kv, 1, &tokens, &cfg).unwrap().0
+    };
+    assert_eq!(sharing(0.5), vec![(0, 7), (3, 6), (5, 5), (6, 5), (11, 7)]);
+    assert_eq!(sharing(1e-3), vec![(0, 7), (3, 7), (5, 5), (6, 5), (11, 7)]);
+    assert_eq!(sharing(5e-4), sel);
+    // 0: every head attends every block read (union's masks); above 1 here, or +inf: none.
+    assert_eq!(sharing(0.0), sel);
+    assert_eq!(sharing(1.5), sel_o);
+    assert_eq!(sharing(f32::INFINITY), sel_o);
+}
+
+#[test]
+fn union_own_sharing_adds_exactly_the_heads_dense_enough_on_a_block() {
+    // Random scores: with `share`, union-own reads the same blocks as without, each head attends
+    // what it attended without, and of the other blocks read exactly those where its estimated
+    // mass (normalized over all blocks, averaged over its columns) is at least `share` times
+    // the block's share of the positions.
+    let mut r = Rng(23);
+    let mut added_total = 0;
+    for trial in 0..400usize {
+        let n_kv = 1 + trial % 4;
+        let per_head = 1 + trial % 3;
+        let nb = 6 + trial % 41;
+        let tokens: Vec<usize> = (0..nb)
+            .map(|b| if b + 1 == nb { 1 + trial % 16 } else { 16 })
+            .collect();
+        let total: usize = tokens.iter().sum();
+        let cols = n_kv * per_head;
+        let spread = [1.0f32, 4.0, 12.0][trial % 3];
+        let sc: Vec<f32> = (0..nb * cols).map(|_| spread * r.f()).collect();
+        let off = SparseConfig {
+            mass: 1.0,
+            budget_tokens: 16 * (2 + trial % (nb / 2).max(1)),
+            recent_tokens: 16,
+            group: GroupScore::Sum,
+            dense_layers: 0,
+            budget_scope: BudgetScope::UnionOwn,
+            share: f32::INFINITY,
+            index: SparseIndex::Flat,
+            score: SparseScore::Bound,
+        };
+        let share = [0.0f32, 0.1, 0.5, 1.0, 2.0][trial % 5];
+        let on = SparseConfig { share, ..off };
+        let Some((a, _)) = select_blocks(&sc, n_kv, per_head, &tokens, &off) else {
+            assert!(select_blocks(&sc, n_kv, per_head, &tokens, &on).is_none());
+            continue;
+        };
+        let (b, _) = select_blocks(&sc, n_kv, per_head, &tokens, &on).unwrap();
+        assert_eq!(a.len(), b.len(), "trial {trial}");
+        // The estimated mass of block x for head h.
+        let key = |h: usize, x: usize| -> f64 {
+            (0..per_head)
+                .map(|c| {
+                    let col = |y: usize| sc[y * cols + h * per_head + c] as f64;
+                    let mx = (0..nb).map(col).fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = (0..nb)
+                        .map(|y| tokens[y] as f64 * (col(y) - mx).exp())
+                        .sum();
+                    tokens[x] as f64 * (col(x) - mx).exp() / z
+                })
+                .sum::<f64>()
+                / per_head as f64
+        };
+        for (&(xa, ma), &(xb, mb)) in a.iter().zip(&b) {
+            assert_eq!(xa, xb, "trial {trial}: the blocks read differ");
+            assert_eq!(ma & !mb, 0, "trial {trial}: block {xa} lost a head");
+            for h in 0..n_kv {
+                let bit = 1u32 << h;
+                if ma & bit != 0 {
+                    continue;
+                }
+                let (k, t) = (key(h, xa), share as f64 * tokens[xa] as f64 / total as f64);
+                // Near the threshold the f32 selection and this f64 estimate may round apart.
+                if (k - t).abs() <= 1e-4 * t + 1e-9 {
+                    continue;
+                }
+                assert_eq!(
+                    mb & bit != 0,
+                    k >= t,
+                    "trial {trial}, head {h}, block {xa}: mass {k}, threshold {t}"
+                );
+                added_total += usize::from(mb & bit != 0);
+            }
+        }
+    }
+    assert!(added_total > 50, "{added_total}");
 }
 
 #[test]
@@ -475,6 +576,7 @@ fn union_own_reads_what_union_reads_and_each_head_attends_its_own_top_blocks() {
             group: GroupScore::Sum,
             dense_layers: 0,
             budget_scope: BudgetScope::Union,
+            share: f32::INFINITY,
             index: SparseIndex::Flat,
             score: SparseScore::Bound,
         };
@@ -569,6 +671,7 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -601,6 +704,7 @@ fn tree_index_reads_exactly_what_flat_reads_with_per_head_budgets() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
     };
@@ -657,6 +761,7 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
             group: GroupScore::Max,
             dense_layers: 0,
             budget_scope: BudgetScope::Head,
+            share: f32::INFINITY,
             index: SparseIndex::Tree,
             score: SparseScore::Bound,
         };
@@ -724,6 +829,7 @@ fn trial_cfg(trial: usize, score: SparseScore) -> SparseConfig {
         } else {
             BudgetScope::Head
         },
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score,
     }
@@ -842,6 +948,7 @@ fn mix_score_is_deterministic_across_backends_and_tree_matches_flat() {
         group: GroupScore::Max,
         dense_layers: 0,
         budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
     };
@@ -887,6 +994,7 @@ fn union_own_reads_the_union_blocks_computes_fewer_head_blocks_and_is_determinis
         group: GroupScore::Sum,
         dense_layers: 0,
         budget_scope: BudgetScope::Union,
+        share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
     };

@@ -11,7 +11,8 @@
 # (`--attention sparse --sparse-budget N`: the same decode loop, always the dense fallback —
 # the noise floor of decoding vs prefill). Per run: mean / max / p95 KL(dense || sparse) of the
 # next-token softmax distributions, top-1 agreement, the fraction of sealed KV blocks the decode
-# steps read (union over KV heads, from the run's --trace), and the run's wall time.
+# steps read (union over KV heads, from the run's --trace), the fraction of (block, KV head)
+# pairs they computed, and the run's wall time.
 #
 # Arguments are extra kvspool flags for the sparse runs only (e.g. `--sparse-group max`), so any
 # selection variant can be measured; give each variant its own LABEL. Environment:
@@ -195,7 +196,7 @@ for text in $TEXTS; do
         --meta "flags=${COMMON_FLAGS}${COMMON_FLAGS:+ }${SPARSE_FLAGS[*]}" \
         --out "$res"
       rm -f "$WORK/sparse.json" "$WORK/trace.jsonl"
-      "$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])); r["b"] = 100 * r["blocks_read_fraction"]; r["t"] = 100 * r["top1_agreement"]; print("  mean KL %(mean_kl).4f max %(max_kl).3f top-1 %(t).1f%% blocks %(b).1f%% wall %(wall_s)ss" % r)' "$res" >&2
+      "$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[1])); r["b"] = 100 * r["blocks_read_fraction"]; r["hb"] = 100 * r.get("head_blocks_fraction", float("nan")); r["t"] = 100 * r["top1_agreement"]; print("  mean KL %(mean_kl).4f max %(max_kl).3f top-1 %(t).1f%% blocks %(b).1f%% head-blocks %(hb).1f%% wall %(wall_s)ss" % r)' "$res" >&2
     done
   done
 done

@@ -51,8 +51,10 @@ def blocks_fraction(trace, bt, ctx, n_pos):
     """Fraction of sealed blocks read by the decode steps (n_tokens == 1) of the sparse run,
     union over the KV heads, summed over layers and steps. Decode step k is position
     ctx - n_pos + k; after its append, (pos + 1) // bt blocks are sealed (the tail being filled
-    lives in RAM and is not counted by the trace's blocks_read)."""
+    lives in RAM and is not counted by the trace's blocks_read). Also the fraction of (block, KV
+    head) pairs the sparse passes computed (tail blocks included)."""
     steps = {}
+    head_att = head_cand = 0
     with open(trace) as f:
         for line in f:
             if not line.strip():
@@ -61,6 +63,8 @@ def blocks_fraction(trace, bt, ctx, n_pos):
             if r["n_tokens"] != 1:
                 continue
             steps.setdefault(r["step"], []).append(r["blocks_read"])
+            head_att += r.get("sparse_head_attended", 0)
+            head_cand += r.get("sparse_head_candidates", 0)
     order = sorted(steps)
     if len(order) != n_pos:
         raise SystemExit(f"{trace}: {len(order)} decode steps, expected {n_pos}")
@@ -69,7 +73,8 @@ def blocks_fraction(trace, bt, ctx, n_pos):
         pos = ctx - n_pos + k
         read += sum(steps[s])
         cand += len(steps[s]) * ((pos + 1) // bt)
-    return read / cand if cand else float("nan")
+    frac = read / cand if cand else float("nan")
+    return frac, (head_att / head_cand if head_cand else float("nan"))
 
 
 def cmd_metrics(args):
@@ -116,7 +121,7 @@ def cmd_metrics(args):
         if len(idx):
             stats("focus_", idx)
     if opts.get("trace"):
-        m["blocks_read_fraction"] = blocks_fraction(
+        m["blocks_read_fraction"], m["head_blocks_fraction"] = blocks_fraction(
             opts["trace"], int(opts["block_tokens"]), int(opts["ctx"]), len(positions)
         )
     tmp = opts["out"] + ".tmp"
@@ -146,6 +151,7 @@ COLS = [
     "focus_dense_acc",
     "focus_sparse_acc",
     "blocks_read_fraction",
+    "head_blocks_fraction",
     "wall_s",
     "flags",
 ]

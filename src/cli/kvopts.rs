@@ -61,12 +61,18 @@ pub struct CommonKv {
     /// Sparse attention: the first this-many full-attention layers stay dense.
     #[arg(long, default_value_t = 0)]
     pub sparse_dense_layers: usize,
-    /// Sparse attention: what --sparse-budget counts: union (the tokens of the blocks read, over
-    /// all KV heads, and every head attends them all), union-own (the same blocks read, but a
-    /// head attends only those of its own ranking: less compute) or head (each KV head's own
-    /// selection; the blocks read are their union).
+    /// Sparse attention: what --sparse-budget counts: the tokens of the blocks read, over all KV
+    /// heads; union (default): every head attends every block read; union-own: each head attends
+    /// the blocks of its own ranking and those read for others where it is dense enough
+    /// (--sparse-share): less compute; head: each KV head's own selection (the blocks read are
+    /// their union).
     #[arg(long, default_value = "union", value_parser = ["union", "union-own", "head"])]
     pub sparse_budget_scope: String,
+    /// Sparse attention, union-own: a KV head also attends a block read for other heads when its
+    /// estimated attention mass there is at least this many times the block's share of the
+    /// context (1 = uniform density; costs no reads; 0 = every block read, as union; inf = never).
+    #[arg(long, default_value_t = kvspool::kv::tiered::DEFAULT_SHARE)]
+    pub sparse_share: f32,
     /// Sparse attention: how blocks are scored: flat (every block's key bound) or tree (bounds
     /// of 16-block super-blocks first; a super-block's blocks only when the selection reaches
     /// it: pays only when keys cluster by position).
@@ -176,6 +182,13 @@ impl CommonKv {
                 self.sparse_mass
             );
         }
+        if self.sparse_share.is_nan() || self.sparse_share < 0.0 {
+            bail!(
+                "--sparse-share {} is out of range: use a factor >= 0 (inf turns sharing off; {} is the default)",
+                self.sparse_share,
+                kvspool::kv::tiered::DEFAULT_SHARE
+            );
+        }
         if self.sparse_budget == 0 {
             bail!("--sparse-budget must be at least 1 token (4096 is the default)");
         }
@@ -278,6 +291,7 @@ impl CommonKv {
                     "union-own" => kvspool::kv::tiered::BudgetScope::UnionOwn,
                     _ => kvspool::kv::tiered::BudgetScope::Union,
                 },
+                share: self.sparse_share,
                 index: if self.sparse_index == "tree" {
                     kvspool::kv::tiered::SparseIndex::Tree
                 } else {

@@ -22,6 +22,9 @@
 //!   heads uses the first level's normalizers, so a union selection may differ slightly;
 //! - the key bounds are stored as bf16 center/radius tiles whose boxes contain the exact ones
 //!   ([`BoundTiles`]), so every stored bound is still a bound;
+//! - the blocks read never depend on the budget scope's attend rule: `UnionOwn` with a finite
+//!   `share` adds to each head exactly the read blocks whose key (for that head) is at least
+//!   `share · tokens / total`, after the greedy;
 //! - the selection holds at most `budget_tokens` (counting the forced blocks), and `None` means
 //!   "read densely" (over 3/4 of the blocks, degenerate scores, or more than 32 KV heads).
 
@@ -580,6 +583,36 @@ pub(crate) fn select(
                     }
                 }
                 account(b, heads, &mut bk);
+            }
+            if own && cfg.share.is_finite() {
+                // Sharing: a head also attends a block read for other heads when its own
+                // estimated mass there is at least `cfg.share` times the block's share of the
+                // positions (1 = as dense as uniform attention). The blocks read do not change.
+                let mut x = vec![0.0f32; per_head];
+                let density = cfg.share / total as f32;
+                for b in 0..nb {
+                    let m = masks[b];
+                    if m == 0 || m == all_heads {
+                        continue;
+                    }
+                    for h in 0..n_kv {
+                        let bit = 1u32 << h;
+                        if m & bit != 0 {
+                            continue;
+                        }
+                        if in_super(b).is_none_or(|s| bk.expanded[s] & bit != 0) {
+                            for (s, v) in x.iter_mut().enumerate() {
+                                *v = bk.blocks[(h * per_head + s) * nb + b];
+                            }
+                        } else {
+                            upper(h, b, b + 1, &mut x);
+                        }
+                        if key_of(h, &x, tokens[b]) >= density * tokens[b] as f32 {
+                            masks[b] |= bit;
+                            account(b, bit, &mut bk);
+                        }
+                    }
+                }
             }
         }
     }

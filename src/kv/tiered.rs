@@ -129,11 +129,19 @@ pub struct SparseConfig {
     /// What `budget_tokens` limits: the blocks read (the union over KV heads) or each head's
     /// own selection.
     pub budget_scope: BudgetScope,
+    /// [`BudgetScope::UnionOwn`]: a KV head also attends a block read for other heads when its
+    /// own estimated mass there is at least this many times the block's share of the positions
+    /// (1: as dense as uniform attention; 0: every block read, as `Union` at mass 1.0; +∞:
+    /// never, plain `UnionOwn`). Costs no reads.
+    pub share: f32,
     /// Score every block, or super-blocks first (a two-level index).
     pub index: SparseIndex,
     /// What ranks the blocks: the key bound alone, or mixed with the mean key.
     pub score: SparseScore,
 }
+
+/// Default of [`SparseConfig::share`] (`--sparse-share`; docs/BENCHMARKS.md, session 7).
+pub const DEFAULT_SHARE: f32 = 0.5;
 
 /// Weight of the key bound in [`SparseScore::Mix`] (the mean key's logit gets `1 − MIX_ALPHA`).
 pub const MIX_ALPHA: f32 = 0.5;
@@ -186,7 +194,7 @@ impl SparseIndex {
 pub enum BudgetScope {
     /// The tokens of the blocks read, over all KV heads (a block holds every head, so this is
     /// the read and compute cost). Heads take blocks greedily by estimated mass, the most
-    /// needed first, and every head attends to every block read.
+    /// needed first, and every head attends to every block read. The default.
     #[default]
     Union,
     /// Each KV head's own selection; the blocks read are their union (up to `n_kv` times the
@@ -194,7 +202,9 @@ pub enum BudgetScope {
     Head,
     /// The blocks read count as for `Union` (same greedy, same budget), but each KV head
     /// attends only the blocks of its own ranking (a block another head read is free for it
-    /// when its turn comes): the compute is each head's own selection, not the whole union.
+    /// when its turn comes) and those read for others where its estimated mass is dense enough
+    /// ([`SparseConfig::share`]): the compute is about each head's own selection, not the
+    /// whole union.
     UnionOwn,
 }
 
@@ -229,6 +239,7 @@ impl Default for SparseConfig {
             group: GroupScore::Max,
             dense_layers: 0,
             budget_scope: BudgetScope::Union,
+            share: DEFAULT_SHARE,
             index: SparseIndex::Flat,
             score: SparseScore::Mix,
         }
@@ -245,7 +256,9 @@ impl Default for SparseConfig {
 /// and the blocks holding the last `recent_tokens` positions (the last block is the one being
 /// filled). Then, with [`BudgetScope::Union`], the head whose next block (by decreasing mass,
 /// lower index on ties) carries the most mass takes it for every head, until each head's mass
-/// reaches `cfg.mass` or the blocks taken hold `cfg.budget_tokens`; with [`BudgetScope::Head`],
+/// reaches `cfg.mass` or the blocks taken hold `cfg.budget_tokens` ([`BudgetScope::UnionOwn`]:
+/// the same blocks, but a head attends its own ranking's and, per [`SparseConfig::share`], the
+/// others' where it is dense enough); with [`BudgetScope::Head`],
 /// each head takes its own blocks until its mass or its own token count reaches the limits.
 /// Here the mass counted is the upper-bound estimate; [`select_blocks_certified`] counts a
 /// guaranteed lower bound instead (what `attend` uses). Returns the union in increasing block
