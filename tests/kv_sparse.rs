@@ -31,6 +31,16 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 }
 
 /// The counters of every layer summed.
+/// A random selection trial's shape: 1–4 KV heads, 1–3 score columns each, `6 + trial % span`
+/// blocks of 16 positions (the last one 1–16).
+fn trial_shape(trial: usize, span: usize) -> (usize, usize, usize, Vec<usize>) {
+    let (n_kv, per_head, nb) = (1 + trial % 4, 1 + trial % 3, 6 + trial % span);
+    let tokens = (0..nb)
+        .map(|b| if b + 1 == nb { 1 + trial % 16 } else { 16 })
+        .collect();
+    (n_kv, per_head, nb, tokens)
+}
+
 fn layer_total(st: &kvspool::kv::KvStats) -> LayerStats {
     st.layers.iter().fold(LayerStats::default(), |mut a, l| {
         a.add(l);
@@ -486,12 +496,7 @@ fn union_own_sharing_adds_exactly_the_heads_dense_enough_on_a_block() {
     let mut r = Rng(23);
     let mut added_total = 0;
     for trial in 0..400usize {
-        let n_kv = 1 + trial % 4;
-        let per_head = 1 + trial % 3;
-        let nb = 6 + trial % 41;
-        let tokens: Vec<usize> = (0..nb)
-            .map(|b| if b + 1 == nb { 1 + trial % 16 } else { 16 })
-            .collect();
+        let (n_kv, per_head, nb, tokens) = trial_shape(trial, 41);
         let total: usize = tokens.iter().sum();
         let cols = n_kv * per_head;
         let spread = [1.0f32, 4.0, 12.0][trial % 3];
@@ -561,12 +566,7 @@ fn union_own_reads_what_union_reads_and_each_head_attends_its_own_top_blocks() {
     // read, a head attends a prefix of its own ranking (by its key, lower index on ties).
     let mut r = Rng(11);
     for trial in 0..200usize {
-        let n_kv = 1 + trial % 4;
-        let per_head = 1 + trial % 3;
-        let nb = 6 + trial % 37;
-        let tokens: Vec<usize> = (0..nb)
-            .map(|b| if b + 1 == nb { 1 + trial % 16 } else { 16 })
-            .collect();
+        let (n_kv, per_head, nb, tokens) = trial_shape(trial, 37);
         let cols = n_kv * per_head;
         let sc: Vec<f32> = (0..nb * cols).map(|_| 4.0 * r.f()).collect();
         let cfg = SparseConfig {
