@@ -238,7 +238,7 @@ fn bad_kv_options_fail_cleanly() {
     let model = common::default_model_path();
     let m = model.to_string_lossy().into_owned();
     let base = ["run", "--model", m.as_str(), "--prompt", "hi", "-n", "2"];
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["--kv-ram", "abc"], "--kv-ram"),
         (&["--block-tokens", "0"], "--block-tokens"),
         (&["--kv-dtype", "bf16"], "kv-dtype"),
@@ -254,6 +254,21 @@ fn bad_kv_options_fail_cleanly() {
         (
             &["--attention", "sparse", "--sparse-share=-0.5"],
             "--sparse-share",
+        ),
+        (
+            &["--attention", "sparse", "--sparse-unit", "5"],
+            "--sparse-unit",
+        ),
+        (
+            &[
+                "--attention",
+                "sparse",
+                "--block-tokens",
+                "256",
+                "--sparse-unit",
+                "2",
+            ],
+            "--sparse-unit",
         ),
         // sysfs refuses new files even to root.
         (&["--kv-disk", "/sys/kernel/kvspool-test"], "not writable"),

@@ -9,9 +9,14 @@ use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
 use kvspool::kv::prefetch::PrefetchMode;
 use kvspool::kv::tiered::{
-    select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex, SparseScore,
+    auto_unit_tokens, select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex,
+    SparseScore,
 };
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
+
+/// Selection units of whole blocks in [`run_with`] (its 32-token blocks): the tests written
+/// for block selection. Finer units have their own tests below.
+const WHOLE: usize = 32;
 
 struct Rng(u64);
 
@@ -65,6 +70,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (sel, mass) = select_blocks(&scores, 1, 1, &tokens, &cfg).unwrap();
@@ -93,6 +99,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let (sel4, _) = select_blocks(&two, 2, 1, &tokens, &cfg4).unwrap();
     assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
@@ -201,6 +208,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
     assert!(same_bits(&dense, &got));
@@ -218,6 +226,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
     let candidates = 2 * 1200usize.div_ceil(32) as u64;
@@ -261,6 +270,7 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (m, mass_max) = select_blocks(&max_cols, 1, 1, &tokens, &cfg).unwrap();
@@ -285,6 +295,7 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     // A RAM tier of ~28 frames (8 KiB slots) for 76 blocks: prefetch matters.
     let ram = 256 * 1024;
@@ -341,6 +352,7 @@ fn auto_gates_speculation_without_changing_results() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
+        unit_tokens: WHOLE,
     };
     // ~28 frames; two layers' selections of 16 blocks each do not stay resident: passes read.
     let ram = 256 * 1024;
@@ -435,6 +447,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let (sel, _) = select_blocks(&sc, n_kv, 1, &tokens, &cfg).unwrap();
     // Forced 0 and 11, then the most needed blocks over all heads: 3 (head 1), 5 (head 0),
@@ -511,6 +524,7 @@ fn union_own_sharing_adds_exactly_the_heads_dense_enough_on_a_block() {
             share: f32::INFINITY,
             index: SparseIndex::Flat,
             score: SparseScore::Bound,
+            unit_tokens: WHOLE,
         };
         let share = [0.0f32, 0.1, 0.5, 1.0, 2.0][trial % 5];
         let on = SparseConfig { share, ..off };
@@ -579,6 +593,7 @@ fn union_own_reads_what_union_reads_and_each_head_attends_its_own_top_blocks() {
             share: f32::INFINITY,
             index: SparseIndex::Flat,
             score: SparseScore::Bound,
+            unit_tokens: WHOLE,
         };
         let own = SparseConfig {
             budget_scope: BudgetScope::UnionOwn,
@@ -674,6 +689,7 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     // Estimated from the upper bounds alone, block 5 "holds" 88% and the rule stops after it.
@@ -707,6 +723,7 @@ fn tree_index_reads_exactly_what_flat_reads_with_per_head_budgets() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
     };
     let tree = SparseConfig {
         index: SparseIndex::Tree,
@@ -764,6 +781,7 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
             share: f32::INFINITY,
             index: SparseIndex::Tree,
             score: SparseScore::Bound,
+            unit_tokens: WHOLE,
         };
         let flat = select_blocks_certified(&ub, &lower, n_kv, 1, &tokens, &head);
         let tree = select_blocks_indexed(&ub, &supers, SUPER_SPAN, &lower, n_kv, 1, &tokens, &head);
@@ -832,6 +850,7 @@ fn trial_cfg(trial: usize, score: SparseScore) -> SparseConfig {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score,
+        unit_tokens: WHOLE,
     }
 }
 
@@ -951,6 +970,7 @@ fn mix_score_is_deterministic_across_backends_and_tree_matches_flat() {
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
+        unit_tokens: WHOLE,
     };
     let (a, sel_a) = run(Some(flat), 1 << 30, BackendKind::Pread);
     let (b, sel_b) = run(Some(flat), 0, BackendKind::Uring);
@@ -966,6 +986,7 @@ fn mix_score_is_deterministic_across_backends_and_tree_matches_flat() {
     // Mix selects differently from the bound alone (it is a different ranking) ...
     let bound = SparseConfig {
         score: SparseScore::Bound,
+        unit_tokens: WHOLE,
         ..flat
     };
     let (d, _) = run(Some(bound), 1 << 30, BackendKind::Pread);
@@ -997,6 +1018,7 @@ fn union_own_reads_the_union_blocks_computes_fewer_head_blocks_and_is_determinis
         share: f32::INFINITY,
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
+        unit_tokens: WHOLE,
     };
     let own = SparseConfig {
         budget_scope: BudgetScope::UnionOwn,
@@ -1040,4 +1062,159 @@ fn union_own_reads_the_union_blocks_computes_fewer_head_blocks_and_is_determinis
     // Deterministic whatever the RAM budget, backend and prefetcher.
     assert_eq!(o.sparse_head_attended, o2.sparse_head_attended);
     assert!(same_bits(&out_o, &out_o2));
+}
+
+/// One layer of `n` bursty keys with `n_kv` KV heads in `bt`-token blocks, then `steps` decode
+/// steps (append + attend) of a slowly drifting query; every output and the final stats.
+fn run_units(
+    sparse: Option<SparseConfig>,
+    bt: usize,
+    n_kv: usize,
+    ram: usize,
+    backend: BackendKind,
+) -> (Vec<f32>, kvspool::kv::KvStats) {
+    let (n, steps, d, group) = (700usize, 3usize, 16usize, 3usize);
+    let geo = KvGeometry::dense(1, n_kv, d, n + steps + 8);
+    let mut c = TieredConfig::new(ram, common::kv_dir());
+    c.dtype = KvDtype::F16;
+    c.block_tokens = bt;
+    c.backend = backend;
+    c.sparse = sparse;
+    let mut kv = TieredKv::new(geo.clone(), c).unwrap();
+    let mut r = Rng(11);
+    let row = geo.row_len();
+    for p in 0..n {
+        // Bursts of 5 positions, so that 4-token units inside a block differ.
+        let burst = if (p / 5) % 7 == 0 { 3.0 } else { 0.4 };
+        let k: Vec<f32> = (0..row).map(|_| r.f() * burst).collect();
+        let v: Vec<f32> = (0..row).map(|_| r.f()).collect();
+        kv.append(0, &k, &v).unwrap();
+    }
+    let n_head = n_kv * group;
+    let base: Vec<f32> = (0..n_head * d).map(|_| r.f() * 2.0).collect();
+    let mut out = vec![0.0f32; base.len()];
+    let mut all = Vec::new();
+    kv.reset_counters();
+    for step in 0..steps {
+        if step > 0 {
+            let k: Vec<f32> = (0..row).map(|_| r.f() * 0.5).collect();
+            let v: Vec<f32> = (0..row).map(|_| r.f()).collect();
+            kv.append(0, &k, &v).unwrap();
+        }
+        let q: Vec<f32> = base.iter().map(|b| b + 0.2 * r.f()).collect();
+        let qy = AttnQuery {
+            q: &q,
+            n_tokens: 1,
+            pos0: n - 1 + step,
+            n_head,
+            scale: 0.25,
+            sinks: None,
+            window: None,
+        };
+        kv.attend(0, &qy, &mut out).unwrap();
+        all.extend_from_slice(&out);
+    }
+    let st = KvCache::stats(&kv).unwrap();
+    (all, st)
+}
+
+#[test]
+fn auto_unit_keeps_about_2048_units_per_layer_within_the_block() {
+    // 64-token blocks: whole blocks at 128K, 4-token units up to 8K, powers of two between.
+    for (n_ctx, want) in [
+        (131_072, 64),
+        (262_144, 64),
+        (65_536, 32),
+        (32_768, 16),
+        (16_384, 8),
+        (12_000, 8),
+        (8_192, 4),
+        (2_048, 4),
+        (1, 4),
+    ] {
+        assert_eq!(auto_unit_tokens(n_ctx, 64), want, "n_ctx {n_ctx}");
+    }
+    // Never more than the block, always a divisor of it, at most 64 units per block.
+    assert_eq!(auto_unit_tokens(8_192, 2), 2);
+    assert_eq!(auto_unit_tokens(8_192, 6), 3);
+    assert_eq!(auto_unit_tokens(100, 4096), 64);
+    assert_eq!(auto_unit_tokens(131_072, 48), 48);
+}
+
+#[test]
+fn units_select_and_attend_exactly_as_blocks_of_the_unit_size() {
+    // One KV head (no cross-head ranking), mass 1.0 (the budget alone stops): 4-token units of
+    // 32-token blocks take the same positions as 4-token blocks, and attention over them is
+    // the same sums in another grouping.
+    for score in [SparseScore::Bound, SparseScore::Mix] {
+        let cfg = SparseConfig {
+            mass: 1.0,
+            budget_tokens: 160,
+            recent_tokens: 64,
+            score,
+            unit_tokens: 4,
+            ..SparseConfig::default()
+        };
+        let (units, st_u) = run_units(Some(cfg), 32, 1, 1 << 30, BackendKind::Pread);
+        let (blocks, st_b) = run_units(Some(cfg), 4, 1, 1 << 30, BackendKind::Pread);
+        let (dense, _) = run_units(None, 32, 1, 1 << 30, BackendKind::Pread);
+        let (u, b) = (layer_total(&st_u), layer_total(&st_b));
+        assert_eq!(u.sparse_passes, 3);
+        assert_eq!(u.sparse_dense_fallbacks, 0);
+        // The same (unit, head) pairs computed (the tail's units too).
+        assert_eq!(u.sparse_head_attended, b.sparse_head_attended, "{score:?}");
+        assert_eq!(u.sparse_head_candidates, b.sparse_head_candidates);
+        // Blocks (read whole) are counted as blocks, pairs as (unit, head).
+        assert_eq!(u.sparse_candidates, 3 * 700usize.div_ceil(32) as u64);
+        assert_eq!(b.sparse_candidates, 3 * 700usize.div_ceil(4) as u64 + 2);
+        assert!(
+            u.sparse_head_attended * 4 < u.sparse_head_candidates,
+            "{u:?}"
+        );
+        let worst = units
+            .iter()
+            .zip(&blocks)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{score:?}: units vs 4-token blocks differ by {worst}"
+        );
+        let off = units
+            .iter()
+            .zip(&dense)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(off > 1e-3, "{score:?}: sparse equals dense ({off})");
+    }
+}
+
+#[test]
+fn units_are_deterministic_across_budgets_and_backends_and_compute_fewer_pairs() {
+    for scope in [BudgetScope::Union, BudgetScope::UnionOwn] {
+        let cfg = SparseConfig {
+            mass: 0.95,
+            budget_tokens: 160,
+            recent_tokens: 32,
+            budget_scope: scope,
+            group: GroupScore::Sum,
+            unit_tokens: 4,
+            ..SparseConfig::default()
+        };
+        let (a, st_a) = run_units(Some(cfg), 32, 2, 1 << 30, BackendKind::Pread);
+        let (b, st_b) = run_units(Some(cfg), 32, 2, 0, BackendKind::Uring);
+        let (c, st_c) = run_units(Some(cfg), 32, 2, 64 * 1024, BackendKind::Mmap);
+        assert!(same_bits(&a, &b) && same_bits(&a, &c), "{scope:?}");
+        let (ta, tb, tc) = (layer_total(&st_a), layer_total(&st_b), layer_total(&st_c));
+        assert_eq!(ta.sparse_head_attended, tb.sparse_head_attended);
+        assert_eq!(ta.sparse_head_attended, tc.sparse_head_attended);
+        assert_eq!(ta.sparse_selected, tb.sparse_selected);
+        // Candidates: 8 units per sealed block and the tail, per KV head.
+        let nb = 700usize.div_ceil(32) as u64;
+        assert!(ta.sparse_head_candidates >= 2 * 8 * (nb - 1) * ta.sparse_passes);
+        assert!(
+            ta.sparse_head_attended * 2 < ta.sparse_head_candidates,
+            "{ta:?}"
+        );
+    }
 }

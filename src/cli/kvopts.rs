@@ -83,6 +83,12 @@ pub struct CommonKv {
     /// as many bytes as bound and keeps a third more bound memory.
     #[arg(long, default_value = "mix", value_parser = ["mix", "bound"])]
     pub sparse_score: String,
+    /// Sparse attention: positions per selection unit: blocks are scored, selected and attended
+    /// in units of this many tokens (a divisor of --block-tokens, at least 1/64 of it; a block
+    /// is read whole when any unit of it is selected). auto: the power of two of at least
+    /// ctx/2048, at least 4, at most the block (4 up to 8K, whole 64-token blocks at 128K).
+    #[arg(long, default_value = "auto")]
+    pub sparse_unit: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
     pub kv_policy: String,
@@ -189,6 +195,7 @@ impl CommonKv {
                 kvspool::kv::tiered::DEFAULT_SHARE
             );
         }
+        self.unit_tokens()?;
         if self.sparse_budget == 0 {
             bail!("--sparse-budget must be at least 1 token (4096 is the default)");
         }
@@ -205,6 +212,23 @@ impl CommonKv {
             bail!("--threads must be at least 1");
         }
         Ok(())
+    }
+
+    /// `--sparse-unit`: 0 for auto, else a divisor of `--block-tokens` with at most 64 units
+    /// per block.
+    pub fn unit_tokens(&self) -> Result<usize> {
+        if self.sparse_unit == "auto" {
+            return Ok(0);
+        }
+        let bt = self.block_tokens;
+        let max = kvspool::kv::tiered::MAX_UNITS_PER_BLOCK;
+        match self.sparse_unit.parse::<usize>() {
+            Ok(u) if u >= 1 && u <= bt && bt.is_multiple_of(u) && bt / u <= max => Ok(u),
+            _ => bail!(
+                "--sparse-unit {:?} does not fit --block-tokens {bt}: use auto or a divisor of the block size, at least 1/{max} of it",
+                self.sparse_unit
+            ),
+        }
     }
 
     /// The RAM budget: `--kv-ram`, else `default` (the plan's pick).
@@ -302,6 +326,7 @@ impl CommonKv {
                 } else {
                     kvspool::kv::tiered::SparseScore::Mix
                 },
+                unit_tokens: self.unit_tokens()?,
             });
         }
         let kv = TieredKv::new(geo, cfg)?;
@@ -350,8 +375,9 @@ fn prediction_json(s: &KvStats) -> Value {
     serde_json::to_value(t.prediction()).unwrap_or(Value::Null)
 }
 
-/// Sparse-attention totals: the fraction of candidate blocks read, the mean estimated mass of
-/// the selections, and how many passes fell back to dense (null when no pass was sparse).
+/// Sparse-attention totals: the fraction of candidate blocks read, of (unit, KV head) pairs
+/// computed (`head_blocks_fraction`; units of `unit_tokens` positions), the mean estimated mass
+/// of the selections, and how many passes fell back to dense (null when no pass was sparse).
 fn sparse_json(s: &KvStats) -> Value {
     let mut t = kvspool::kv::LayerStats::default();
     for l in &s.layers {
@@ -363,6 +389,7 @@ fn sparse_json(s: &KvStats) -> Value {
     json!({
         "blocks_read_fraction": t.sparse_selected as f64 / t.sparse_candidates as f64,
         "head_blocks_fraction": t.sparse_head_attended as f64 / t.sparse_head_candidates.max(1) as f64,
+        "unit_tokens": s.unit_tokens,
         "mean_est_mass": if t.sparse_passes > 0 { t.sparse_mass_ppm as f64 / 1e6 / t.sparse_passes as f64 } else { 1.0 },
         "sparse_passes": t.sparse_passes,
         "dense_fallbacks": t.sparse_dense_fallbacks,

@@ -16,10 +16,13 @@
 //!   to give, into staging buffers that are not cached). While a chunk is read, the predictor's
 //!   next blocks are issued, up to four chunks ahead; at the end of a layer, what the predictor
 //!   names for the next full-attention layer (`--prefetch`, [`super::prefetch`]).
-//! - **sparse** (`--attention sparse`, single-token queries): the blocks to visit are chosen
-//!   first ([`select_blocks`] / [`select_blocks_certified`]) from the key bounds and the query;
-//!   the pass then visits only those, in block order, exactly as above. [`KvCache::speculate`]
-//!   runs the same selection with a model's estimated query and prefetches part of it.
+//! - **sparse** (`--attention sparse`, single-token queries): the *units* to attend are chosen
+//!   first ([`select_blocks`] / [`select_blocks_certified`]) from the key bounds and the query —
+//!   a unit is [`SparseConfig::unit_tokens`] positions of a block, the whole block by default
+//!   at 128K; a sealed block's bound rows are one per unit, built when it is sealed — then the
+//!   pass visits the blocks holding them (each read whole), in block order, exactly as above,
+//!   and computes per KV head only its units' runs. [`KvCache::speculate`] runs the same
+//!   selection with a model's estimated query and prefetches part of it.
 //! - **scoring**: every prediction (pass order or speculation) is checked against the blocks
 //!   the pass read when it ends; prefetch pins of blocks it did not read are released then.
 //! - **compute**: for every (query token, KV head) and block, the block's attention is computed
@@ -138,6 +141,41 @@ pub struct SparseConfig {
     pub index: SparseIndex,
     /// What ranks the blocks: the key bound alone, or mixed with the mean key.
     pub score: SparseScore,
+    /// Tokens per selection unit (`--sparse-unit`): the blocks are scored, selected and
+    /// attended in units of this many positions (a divisor of the block size, at least
+    /// 1/[`MAX_UNITS_PER_BLOCK`] of it); a block is read whole when any unit of it is
+    /// selected. 0 = [`auto_unit_tokens`] for the cache's context size.
+    pub unit_tokens: usize,
+}
+
+/// Selection units per block at most (a head's units of a block are one `u64` mask).
+pub const MAX_UNITS_PER_BLOCK: usize = 64;
+
+/// Selection units per full-attention layer that `--sparse-unit auto` aims at for the whole
+/// context: 64-token blocks at 128K hold 2,048 of them, so no context size costs more key-bound
+/// memory or scoring than 128K does with whole blocks.
+pub const AUTO_UNITS_PER_LAYER: usize = 2048;
+
+/// The smallest unit `--sparse-unit auto` picks: a unit's key bound (a center/radius row and a
+/// mean: three `head_dim` rows of bf16) should cost less than the unit's own K and V.
+pub const MIN_AUTO_UNIT: usize = 4;
+
+/// `--sparse-unit auto`: the power of two of at least `n_ctx / AUTO_UNITS_PER_LAYER`
+/// positions, at least [`MIN_AUTO_UNIT`], then the largest divisor of `block_tokens` not above
+/// it that keeps at most [`MAX_UNITS_PER_BLOCK`] units per block (whole blocks at 128K with
+/// 64-token blocks, 4-token units at 8K).
+pub fn auto_unit_tokens(n_ctx: usize, block_tokens: usize) -> usize {
+    let bt = block_tokens.max(1);
+    let want = n_ctx
+        .div_ceil(AUTO_UNITS_PER_LAYER)
+        .next_power_of_two()
+        .max(MIN_AUTO_UNIT)
+        .min(bt);
+    let floor = bt.div_ceil(MAX_UNITS_PER_BLOCK);
+    (floor..=want.max(floor))
+        .rev()
+        .find(|u| bt.is_multiple_of(*u))
+        .unwrap_or(bt)
 }
 
 /// Default of [`SparseConfig::share`] (`--sparse-share`; docs/BENCHMARKS.md, session 7).
@@ -242,6 +280,7 @@ impl Default for SparseConfig {
             share: DEFAULT_SHARE,
             index: SparseIndex::Flat,
             score: SparseScore::Mix,
+            unit_tokens: 0,
         }
     }
 }
@@ -636,6 +675,9 @@ pub struct KvStats {
     pub pinned_bytes: u64,
     /// RAM of the per-block key bounds.
     pub bounds_bytes: u64,
+    /// Positions per sparse selection unit (`--sparse-unit`, resolved; the block size when
+    /// attention is dense).
+    pub unit_tokens: u64,
     /// RAM allowance for the block and frame indexes, charged to the budget (0 when the budget
     /// cannot hold a frame and its share of the index: the index then lives outside it).
     pub index_bytes: u64,
@@ -647,6 +689,25 @@ pub struct KvStats {
     pub prefetch: String,
     /// Per-layer counters.
     pub layers: Vec<LayerStats>,
+}
+
+/// Append the box of `b` (per KV head, with its mean for mix rows) as a row of `rows`, and
+/// widen `width_max` by the row's slack width (the mix score's certificate).
+fn push_bound_rows(rows: &mut [BoundTiles], width_max: &mut [f32], b: &KeyBounds) {
+    let mut mean = [0.0f32; MAX_HEAD_DIM];
+    for (h, r) in rows.iter_mut().enumerate() {
+        let d = b.max(h).len();
+        let m = if r.is_mix() {
+            b.mean(h, &mut mean[..d]);
+            Some(&mean[..d])
+        } else {
+            None
+        };
+        let w = r.push(b.max(h), b.min(h), m);
+        if w.is_finite() {
+            width_max[h] = width_max[h].max(w);
+        }
+    }
 }
 
 /// A sealed block of a full-attention layer (its key bounds are rows of the layer's
@@ -757,6 +818,9 @@ pub struct TieredKv {
     pass_len: u64,
     /// `KVSPOOL_SPARSE_ORACLE=1`: select with exact block masses (research; see `oracle_select`).
     oracle: bool,
+    /// Positions per selection unit ([`SparseConfig::unit_tokens`], resolved; the block size
+    /// without sparse attention). The key bounds have one row per unit of a sealed block.
+    unit: usize,
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
     needs_reads: Vec<bool>,
@@ -897,6 +961,24 @@ impl TieredKv {
             head_dim: geo.head_dim,
         };
         bgeo.validate()?;
+        let unit = match cfg.sparse {
+            None => cfg.block_tokens,
+            Some(sp) if sp.unit_tokens == 0 => auto_unit_tokens(geo.n_ctx, cfg.block_tokens),
+            Some(sp) => {
+                let u = sp.unit_tokens;
+                if u > cfg.block_tokens
+                    || !cfg.block_tokens.is_multiple_of(u)
+                    || cfg.block_tokens / u > MAX_UNITS_PER_BLOCK
+                {
+                    return Err(KvError::Config(format!(
+                        "--sparse-unit {u} does not fit --block-tokens {}: use a divisor of the \
+                         block size, at least 1/{MAX_UNITS_PER_BLOCK} of it (or auto)",
+                        cfg.block_tokens
+                    )));
+                }
+                u
+            }
+        };
         let layout = bgeo.layout(cfg.dtype);
         let dgeo = disk_geometry(&geo, cfg.block_tokens, cfg.dtype, cfg.fingerprint);
         let slot_bytes = dgeo.slot_bytes() as usize;
@@ -1002,6 +1084,7 @@ impl TieredKv {
             spec_gate: vec![SpecGate::default(); n_layer],
             spec_ns: vec![0; n_layer],
             oracle: std::env::var("KVSPOOL_SPARSE_ORACLE").is_ok_and(|v| v == "1"),
+            unit,
             trace,
             started: Instant::now(),
             cfg,
@@ -1020,14 +1103,66 @@ impl TieredKv {
         &self.bgeo
     }
 
-    /// Key bounds of block `index` of `layer` (sealed, or the tail), if it exists.
+    /// Positions per selection unit (`--sparse-unit`, resolved; the block size when attention
+    /// is dense).
+    pub fn unit_tokens(&self) -> usize {
+        self.unit
+    }
+
+    /// Selection units (key-bound rows) per sealed block.
+    fn units_per_block(&self) -> usize {
+        (self.bgeo.block_tokens / self.unit.max(1)).max(1)
+    }
+
+    /// Selection units of a layer holding `stored` positions of which `sealed` blocks are
+    /// sealed: `upb` per sealed block, then the tail's (its positions in units, the last one
+    /// possibly short).
+    fn n_units(&self, stored: usize, sealed: usize) -> usize {
+        let bt = self.bgeo.block_tokens;
+        let tail = stored.saturating_sub(sealed * bt);
+        sealed * self.units_per_block() + tail.div_ceil(self.unit.clamp(1, bt))
+    }
+
+    /// A selection over units (from [`Self::sparse_select`], increasing, with head masks) as
+    /// the blocks to read, increasing, and per block and KV head the units it attends
+    /// (`masks[i · n_kv + g]`, bit `j` = unit `j` of block `i`, the tail block's too).
+    fn unit_blocks(&self, units: &[(usize, u32)]) -> (Vec<usize>, Vec<u64>) {
+        let (upb, n_kv) = (self.units_per_block(), self.geo.n_head_kv);
+        let (mut read, mut masks) = (Vec::<usize>::new(), Vec::<u64>::new());
+        for &(u, heads) in units {
+            // The tail block's units follow its sealed blocks' in the same numbering.
+            let (b, bits) = (u / upb, 1u64 << (u % upb));
+            if read.last() != Some(&b) {
+                read.push(b);
+                masks.resize(masks.len() + n_kv, 0);
+            }
+            let base = masks.len() - n_kv;
+            for (g, m) in masks[base..].iter_mut().enumerate() {
+                if heads & (1 << g) != 0 {
+                    *m |= bits;
+                }
+            }
+        }
+        (read, masks)
+    }
+
+    /// Key bounds of block `index` of `layer` (sealed, or the tail), if it exists: the box of
+    /// its units' boxes.
     pub fn key_bounds(&self, layer: usize, index: usize) -> Option<KeyBounds> {
         let l = self.layers.get(layer)?;
         let d = self.geo.head_dim;
         if index < l.sealed.len() {
+            let upb = self.units_per_block();
             let (mut min, mut max) = (Vec::new(), Vec::new());
             for rows in &l.bound_rows {
-                let (hi, lo) = rows.box_of(index);
+                let (mut hi, mut lo) = rows.box_of(index * upb);
+                for u in index * upb + 1..(index + 1) * upb {
+                    let (h2, l2) = rows.box_of(u);
+                    for j in 0..d {
+                        hi[j] = hi[j].max(h2[j]);
+                        lo[j] = lo[j].min(l2[j]);
+                    }
+                }
                 max.extend_from_slice(&hi);
                 min.extend_from_slice(&lo);
             }
@@ -1234,20 +1369,24 @@ impl TieredKv {
                 s
             }
         };
+        let (bgeo, dtype, unit) = (self.bgeo, self.cfg.dtype, self.unit);
         let l = &mut self.layers[layer];
         let d = self.geo.head_dim;
-        let mut mean = vec![0.0f32; d];
-        for (h, rows) in l.bound_rows.iter_mut().enumerate() {
-            let m = if rows.is_mix() {
-                l.tail_bounds.mean(h, &mut mean);
-                Some(&mean[..])
-            } else {
-                None
-            };
-            // The stored row's slack width, for the mix score's certificate.
-            let w = rows.push(l.tail_bounds.max(h), l.tail_bounds.min(h), m);
-            if w.is_finite() {
-                l.width_max[h] = l.width_max[h].max(w);
+        if unit >= bt {
+            push_bound_rows(&mut l.bound_rows, &mut l.width_max, &l.tail_bounds);
+        } else {
+            // One row per unit, from the block's stored keys (as attention decodes them).
+            let mut ub = KeyBounds::new(bgeo.n_head_kv, d);
+            let mut key = [0.0f32; MAX_HEAD_DIM];
+            for j in 0..bt / unit {
+                ub.reset();
+                for t in j * unit..(j + 1) * unit {
+                    for h in 0..bgeo.n_head_kv {
+                        decode_k_row(&bgeo, dtype, &l.tail, h, t, &mut key[..d]);
+                        ub.update(h, &key[..d]);
+                    }
+                }
+                push_bound_rows(&mut l.bound_rows, &mut l.width_max, &ub);
             }
         }
         l.tail_bounds.reset();
@@ -1256,8 +1395,9 @@ impl TieredKv {
             .cfg
             .sparse
             .is_some_and(|sp| sp.index == SparseIndex::Tree);
-        if tree && l.sealed.len().is_multiple_of(SUPER_SPAN) {
-            let t = l.sealed.len() / SUPER_SPAN - 1;
+        // A super-block per tile of SUPER_SPAN rows (units) once the tile is complete.
+        while tree && l.super_rows[0].len() < l.bound_rows[0].len() / SUPER_SPAN {
+            let t = l.super_rows[0].len();
             for (rows, sup) in l.bound_rows.iter().zip(l.super_rows.iter_mut()) {
                 let (hi, lo) = rows.union_box(t);
                 sup.push(&hi, &lo, None);
@@ -1648,16 +1788,20 @@ impl TieredKv {
         // budget's margin) are the ones a small error swaps for others. Fetch the forced blocks
         // and the first half of the scored ones, most needed first; the pass reads the rest
         // ahead of itself once its exact selection is known.
+        // (The selection is in units; a block is read when any of its units is.)
         let n_sealed = self.layers[layer].sealed.len();
+        let upb = self.units_per_block();
         let scored: HashSet<usize> = sel.taken.iter().copied().collect();
         let keep = sel.taken.len().div_ceil(2);
+        let mut seen = HashSet::new();
         let ids: Vec<BlockId> = sel
             .blocks
             .iter()
-            .map(|&(b, _)| b)
-            .filter(|b| !scored.contains(b))
+            .map(|&(u, _)| u)
+            .filter(|u| !scored.contains(u))
             .chain(sel.taken[..keep].iter().copied())
-            .filter(|&b| b < n_sealed)
+            .map(|u| u / upb)
+            .filter(|&b| b < n_sealed && seen.insert(b))
             .map(|b| BlockId::new(layer as u32, b as u32))
             .collect();
         let depth = self.sparse_depth();
@@ -1679,8 +1823,9 @@ impl TieredKv {
                 >= sp.dense_layers
     }
 
-    /// The upper-bound scores of `layer`'s blocks `0..=(stored-1)/bt` for one query token, in
-    /// the column layout of [`select_blocks`] for `sp.group`, and the selection.
+    /// The upper-bound scores of `layer`'s selection units for one query token (`upb` per
+    /// sealed block, then the tail block's, [`Self::n_units`]), in the column layout of
+    /// [`select_blocks`] for `sp.group`, and the selection (in units).
     fn sparse_select(
         &self,
         layer: usize,
@@ -1704,13 +1849,50 @@ impl TieredKv {
             GroupScore::Max => 1,
             GroupScore::Sum => group,
         };
-        let nb = (stored - 1) / bt + 1;
+        let l = &self.layers[layer];
+        // Selection units: `upb` per sealed block (one bound row each), then those of the tail
+        // block (partially filled; f32 boxes).
+        let (unit, upb) = (self.unit.min(bt), self.units_per_block());
+        let n_blocks = (stored - 1) / bt + 1;
+        let sealed_blocks = l.sealed.len().min(n_blocks);
+        let n_sealed = sealed_blocks * upb;
+        let tail_len = stored - sealed_blocks * bt;
+        // The tail's units: with whole-block units its running box, else the boxes of its
+        // units from its stored keys (as attention decodes them).
+        let owned: Vec<KeyBounds>;
+        let tails: Vec<&KeyBounds> = if tail_len == 0 {
+            Vec::new()
+        } else if upb == 1 {
+            vec![&l.tail_bounds]
+        } else {
+            let mut key = [0.0f32; MAX_HEAD_DIM];
+            owned = (0..tail_len.div_ceil(unit))
+                .map(|j| {
+                    let mut b = KeyBounds::new(n_kv, d);
+                    for t in j * unit..((j + 1) * unit).min(tail_len) {
+                        for h in 0..n_kv {
+                            decode_k_row(&self.bgeo, self.cfg.dtype, &l.tail, h, t, &mut key[..d]);
+                            b.update(h, &key[..d]);
+                        }
+                    }
+                    b
+                })
+                .collect();
+            owned.iter().collect()
+        };
+        let nb = n_sealed + tails.len();
         let cols = n_kv * per_head;
-        let mut tokens = vec![bt; nb];
-        tokens[nb - 1] = stored - (nb - 1) * bt;
+        let tokens: Vec<usize> = (0..nb)
+            .map(|u| {
+                if u < n_sealed {
+                    unit
+                } else {
+                    unit.min(tail_len - (u - n_sealed) * unit)
+                }
+            })
+            .collect();
         // The scaled query as rows `[q | |q|]` against the center/radius rows `[c | r]` (each
         // bound one dot product) and, for the mix, `[q | α|q|]` against `[s | r]`.
-        let l = &self.layers[layer];
         let mix = l.bound_rows[0].is_mix();
         let n_q = qy.n_head;
         let row = 2 * d;
@@ -1734,7 +1916,6 @@ impl TieredKv {
                 }
             }
         }
-        let n_sealed = l.sealed.len().min(nb);
         let complete = l.super_rows[0].len().min(n_sealed / SUPER_SPAN);
         let n_super = match sp.index {
             SparseIndex::Flat => 0,
@@ -1768,19 +1949,20 @@ impl TieredKv {
                 }
             }
         };
-        // The tail block's bound (it has no row yet), column `s` at `dst[s · cs]`.
-        let tail_score = |g: usize, dst: &mut [f32], cs: usize| {
+        // Tail unit `ti`'s bound (it has no row yet), column `s` at `dst[s · cs]`.
+        let tail_score = |g: usize, ti: usize, dst: &mut [f32], cs: usize| {
             for s in 0..per_head {
                 dst[s * cs] = f32::NEG_INFINITY;
             }
+            let tb = tails[ti];
             let mut mean = [0.0f32; MAX_HEAD_DIM];
             if mix {
-                l.tail_bounds.mean(g, &mut mean[..d]);
+                tb.mean(g, &mut mean[..d]);
             }
             for hq in 0..group {
                 let h = g * group + hq;
                 let q = &qpn[h * row..(h + 1) * row];
-                let mut x = l.tail_bounds.upper_bound_split(g, &q[..d], &q[d..]);
+                let mut x = tb.upper_bound_split(g, &q[..d], &q[d..]);
                 if mix {
                     let qm: f32 = (0..d).map(|j| qcr[h * row + j] * mean[j]).sum();
                     x = MIX_ALPHA * x + (1.0 - MIX_ALPHA) * qm;
@@ -1808,8 +1990,8 @@ impl TieredKv {
                 if n_sealed > lo {
                     score_rows(g, &l.bound_rows[g], lo, n_sealed, blk, 1, nl);
                 }
-                if nb > n_sealed {
-                    tail_score(g, &mut blk[nb - 1 - lo..], nl);
+                for ti in 0..nb - n_sealed {
+                    tail_score(g, ti, &mut blk[n_sealed + ti - lo..], nl);
                 }
             });
         let mut blocks = vec![0.0f32; nb * cols];
@@ -1828,7 +2010,8 @@ impl TieredKv {
                 score_rows(g, &l.bound_rows[g], a, sealed_end, out, per_head, 1);
             }
             for i in sealed_end.max(a)..b {
-                tail_score(g, &mut out[(i - a) * per_head..(i - a + 1) * per_head], 1);
+                let o = &mut out[(i - a) * per_head..(i - a + 1) * per_head];
+                tail_score(g, i - n_sealed, o, 1);
             }
         };
         // Lower bounds of a block's logits, for the certified mass rule (computed only for the
@@ -1845,8 +2028,8 @@ impl TieredKv {
                     l.bound_rows[g].center_radius(b, c, r);
                     r.iter_mut().for_each(|x| *x = -*x);
                 } else {
-                    sw[..d].copy_from_slice(l.tail_bounds.min(g));
-                    sw[d..].copy_from_slice(l.tail_bounds.max(g));
+                    sw[..d].copy_from_slice(tails[b - n_sealed].min(g));
+                    sw[d..].copy_from_slice(tails[b - n_sealed].max(g));
                 }
                 for hq in 0..group {
                     let h = g * group + hq;
@@ -1872,8 +2055,8 @@ impl TieredKv {
             let mut v = vec![0.0f32; cols];
             for g in 0..n_kv {
                 let mut w = l.width_max[g];
-                if nb > n_sealed {
-                    let t = box_width(l.tail_bounds.max(g), l.tail_bounds.min(g));
+                for tb in &tails {
+                    let t = box_width(tb.max(g), tb.min(g));
                     if t.is_finite() {
                         w = w.max((1.0 - MIX_ALPHA) * t);
                     }
@@ -1923,17 +2106,32 @@ impl TieredKv {
             self.geo.n_head_kv,
         );
         let group = qy.n_head / n_kv;
-        let nb = (stored - 1) / bt + 1;
+        let l = &self.layers[layer];
+        // Units as in `sparse_select`: `upb` per sealed block, then the tail block.
+        let (unit, upb) = (self.unit.min(bt), self.units_per_block());
+        let n_blocks = (stored - 1) / bt + 1;
+        let sealed_blocks = l.sealed.len().min(n_blocks);
+        let nb = self.n_units(stored, sealed_blocks);
+        let n_sealed = sealed_blocks * upb;
+        let tail_len = stored - sealed_blocks * bt;
         let cols = n_kv * group;
         let mut scores = vec![f32::NEG_INFINITY; nb * cols];
-        let mut tokens = vec![bt; nb];
-        tokens[nb - 1] = stored - (nb - 1) * bt;
-        let l = &self.layers[layer];
+        let tokens: Vec<usize> = (0..nb)
+            .map(|u| {
+                if u < n_sealed {
+                    unit
+                } else {
+                    unit.min(tail_len - (u - n_sealed) * unit)
+                }
+            })
+            .collect();
         let mut key = [0.0f32; MAX_HEAD_DIM];
         for b in 0..nb {
-            let data: Option<&[u8]> = if b < l.sealed.len() {
+            // Unit `b`: its block and first slot.
+            let (blk, t0) = (b / upb, (b % upb) * unit);
+            let data: Option<&[u8]> = if blk < sealed_blocks {
                 self.arena
-                    .frame_of(BlockId::new(layer as u32, b as u32))
+                    .frame_of(BlockId::new(layer as u32, blk as u32))
                     .and_then(|f| self.arena.try_data(f))
             } else {
                 Some(&l.tail[..])
@@ -1945,7 +2143,7 @@ impl TieredKv {
                     let sc = match data {
                         Some(data) => {
                             let mut logits = Vec::with_capacity(tokens[b]);
-                            for t in 0..tokens[b] {
+                            for t in t0..t0 + tokens[b] {
                                 decode_k_row(&self.bgeo, self.cfg.dtype, data, g, t, &mut key[..d]);
                                 let dot: f32 = q.iter().zip(&key[..d]).map(|(a, b)| a * b).sum();
                                 logits.push(dot * qy.scale);
@@ -1955,9 +2153,12 @@ impl TieredKv {
                             // tokens · exp(score) = Σ exp(logit): the exact mass, unnormalized.
                             lse - (tokens[b] as f32).ln()
                         }
-                        None => self
-                            .key_bounds(layer, b)
-                            .map_or(f32::NEG_INFINITY, |kb| kb.upper_bound_dot(g, q) * qy.scale),
+                        None => {
+                            // Not resident: the unit's key bound.
+                            let (hi, lo) = l.bound_rows[g].box_of(b);
+                            let ub: f32 = (0..d).map(|j| (q[j] * hi[j]).max(q[j] * lo[j])).sum();
+                            ub * qy.scale
+                        }
                     };
                     scores[b * cols + g * group + hq] = sc;
                 }
@@ -2136,6 +2337,8 @@ impl TieredKv {
         }
         self.prefetch_pinned = 0;
         let bt = self.bgeo.block_tokens;
+        // Bound rows per sealed block.
+        let upb = self.units_per_block();
         for layer in 0..self.layers.len() {
             let len = self.layers[layer].len;
             if n >= len {
@@ -2164,10 +2367,10 @@ impl TieredKv {
             }
             l.ring.retain(|(i, _)| *i < keep);
             for rows in l.bound_rows.iter_mut() {
-                rows.truncate(keep.min(l.sealed.len()));
+                rows.truncate(keep.min(l.sealed.len()) * upb);
             }
             for rows in l.super_rows.iter_mut() {
-                rows.truncate(keep.min(l.sealed.len()) / SUPER_SPAN);
+                rows.truncate(keep.min(l.sealed.len()) * upb / SUPER_SPAN);
             }
             if let Some(t) = new_tail {
                 l.tail = if Arc::strong_count(&t) == 1 {
@@ -2238,6 +2441,7 @@ impl TieredKv {
             frames: self.arena.frame_count() as u64,
             pinned_bytes: self.pinned_peak as u64,
             bounds_bytes: self.bounds_bytes() as u64,
+            unit_tokens: self.unit as u64,
             index_bytes: self.index_bytes as u64,
             policy: self.arena.policy_name().into(),
             backend: self.backend_desc.clone(),
@@ -2254,6 +2458,8 @@ struct Pass<'a> {
     q: &'a AttnQuery<'a>,
     group: usize,
     n_kv: usize,
+    /// Positions per selection unit (the unit masks of a sparse pass).
+    unit: usize,
 }
 
 impl Pass<'_> {
@@ -2271,13 +2477,16 @@ impl Pass<'_> {
         }
     }
 
-    /// Attention of token `t`'s heads of KV head `g` over one block, from a fresh state.
+    /// Attention of token `t`'s heads of KV head `g` over the slots `r` of one block that lie
+    /// in the units of `units` (bit `j`: slots `j·unit .. (j+1)·unit`), from a fresh state.
+    #[allow(clippy::too_many_arguments)]
     fn partial(
         &self,
         t: usize,
         g: usize,
         block: &[u8],
         r: std::ops::Range<usize>,
+        units: u64,
         parts: &mut [AttnState],
         scratch: &mut BlockScratch,
     ) {
@@ -2286,33 +2495,64 @@ impl Pass<'_> {
             s.reset();
         }
         let h0 = t * self.q.n_head + g * self.group;
-        attend_block_range(
-            parts,
-            &self.q.q[h0 * d..(h0 + self.group) * d],
-            block,
-            &self.bgeo,
-            self.dtype,
-            g,
-            r,
-            self.q.scale,
-            scratch,
-        );
+        let mut attend = |r: std::ops::Range<usize>| {
+            attend_block_range(
+                parts,
+                &self.q.q[h0 * d..(h0 + self.group) * d],
+                block,
+                &self.bgeo,
+                self.dtype,
+                g,
+                r,
+                self.q.scale,
+                scratch,
+            )
+        };
+        let upb = self.bgeo.block_tokens / self.unit;
+        if upb >= 64 && units == u64::MAX || upb < 64 && units & ((1 << upb) - 1) == (1 << upb) - 1
+        {
+            return attend(r);
+        }
+        // Runs of consecutive units, clipped to `r`, in slot order.
+        let mut j = 0;
+        while j < upb {
+            if units & (1 << j) == 0 {
+                j += 1;
+                continue;
+            }
+            let j0 = j;
+            while j < upb && units & (1 << j) != 0 {
+                j += 1;
+            }
+            let (a, b) = ((j0 * self.unit).max(r.start), (j * self.unit).min(r.end));
+            if a < b {
+                attend(a..b);
+            }
+        }
     }
 
     /// Merge the blocks of one chunk (in order) into the running `states`.
     /// `parts` is scratch for the decode path's per-block states (grown as needed, reused).
-    /// `masks[i]` (if not empty): the KV heads (bit per head) that read block `blocks[i]`
+    /// `masks[i · n_kv + g]` (if not empty): the units of block `blocks[i]` KV head `g`
+    /// attends (0: none)
     /// (sparse attention selects per head; decode only).
     fn run_chunk(
         &self,
         blocks: &[(usize, &[u8])],
-        masks: &[u32],
+        masks: &[u64],
         len: usize,
         states: &mut [AttnState],
         parts: &mut Vec<AttnState>,
     ) {
-        let reads = |bi: usize, g: usize| masks.is_empty() || masks[bi] & (1 << g) != 0;
         let (n_tokens, group, n_kv) = (self.q.n_tokens, self.group, self.n_kv);
+        let units = |bi: usize, g: usize| {
+            if masks.is_empty() {
+                u64::MAX
+            } else {
+                masks[bi * n_kv + g]
+            }
+        };
+        let reads = |bi: usize, g: usize| units(bi, g) != 0;
         let d = self.bgeo.head_dim;
         if n_tokens <= 2 {
             // Decode: parallel over (block, token, KV head), then merge in block order.
@@ -2331,7 +2571,7 @@ impl Pass<'_> {
                         let (b, data) = blocks[bi];
                         let r = self.range(b, t, len);
                         if !r.is_empty() && reads(bi, g) {
-                            self.partial(t, g, data, r, p, scratch);
+                            self.partial(t, g, data, r, units(bi, g), p, scratch);
                         }
                     },
                 );
@@ -2556,6 +2796,7 @@ impl KvCache for TieredKv {
             q: qy,
             group: qy.n_head / n_kv,
             n_kv,
+            unit: self.unit.min(self.bgeo.block_tokens),
         };
         let (chunk, pf_depth) = self.chunk_plan(qy.n_tokens, qy.n_head);
         let n_sealed = self.layers[layer].sealed.len();
@@ -2563,38 +2804,41 @@ impl KvCache for TieredKv {
         // The blocks this pass reads, in increasing order: the whole causal (windowed) range,
         // or, for a single-token query with sparse attention on a full layer, a selection.
         let mut list: Vec<usize> = (b_lo..=b_hi).collect();
-        let mut head_masks: Vec<u32> = Vec::new();
+        // Sparse: per block of `list` and KV head, the units it attends (`[i · n_kv + g]`).
+        let mut unit_masks: Vec<u64> = Vec::new();
         let sparse = self
             .cfg
             .sparse
             .filter(|sp| qy.n_tokens == 1 && stored > sp.budget_tokens && self.sparse_layer(layer));
         if let Some(sp) = sparse {
             let nb = b_hi + 1;
+            let nu = self.n_units(stored, n_sealed);
             let sel = self.sparse_select(layer, qy, stored, &sp);
+            let blocks = sel.as_ref().map(|s| self.unit_blocks(&s.blocks));
             let st = &mut self.stats[layer];
             st.sparse_candidates += nb as u64;
-            st.sparse_head_candidates += (nb * n_kv) as u64;
-            match sel.map(|s| (s.blocks, s.mass)) {
-                Some((sel, mass)) => {
-                    st.sparse_selected += sel.len() as u64;
-                    st.sparse_head_attended +=
-                        sel.iter().map(|&(_, m)| m.count_ones() as u64).sum::<u64>();
-                    st.sparse_mass_ppm += (mass as f64 * 1e6) as u64;
+            st.sparse_head_candidates += (nu * n_kv) as u64;
+            match (sel, blocks) {
+                (Some(sel), Some((read, masks))) => {
+                    st.sparse_selected += read.len() as u64;
+                    st.sparse_head_attended += sel
+                        .blocks
+                        .iter()
+                        .map(|&(_, m)| m.count_ones() as u64)
+                        .sum::<u64>();
+                    st.sparse_mass_ppm += (sel.mass as f64 * 1e6) as u64;
                     st.sparse_passes += 1;
-                    head_masks = vec![0u32; nb];
-                    for &(b, m) in &sel {
-                        head_masks[b] = m;
-                    }
-                    list = sel.into_iter().map(|(b, _)| b).collect();
+                    list = read;
+                    unit_masks = masks;
                 }
-                None => {
+                _ => {
                     st.sparse_selected += nb as u64;
-                    st.sparse_head_attended += (nb * n_kv) as u64;
+                    st.sparse_head_attended += (nu * n_kv) as u64;
                     st.sparse_dense_fallbacks += 1;
                 }
             }
         }
-        let dense = head_masks.is_empty();
+        let dense = unit_masks.is_empty();
         let mut held = Vec::new();
         let pieces: Vec<&[usize]> = list.chunks(chunk.max(1)).collect();
         for (pi, piece) in pieces.iter().enumerate() {
@@ -2661,12 +2905,13 @@ impl KvCache for TieredKv {
                     // The tail block (partially filled) closes the range.
                     blocks.push((n_sealed, &self.layers[layer].tail[..]));
                 }
-                let masks: Vec<u32> = if head_masks.is_empty() {
-                    Vec::new()
+                let masks: &[u64] = if unit_masks.is_empty() {
+                    &[]
                 } else {
-                    piece.iter().map(|&bi| head_masks[bi]).collect()
+                    let i0 = pi * chunk.max(1);
+                    &unit_masks[i0 * n_kv..(i0 + piece.len()) * n_kv]
                 };
-                pass.run_chunk(&blocks, &masks, stored, &mut states, &mut self.parts);
+                pass.run_chunk(&blocks, masks, stored, &mut states, &mut self.parts);
             }
             self.release(&held)?;
         }
