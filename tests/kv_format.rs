@@ -2,8 +2,9 @@
 
 use kvspool::kernels::attention::{attend_reference, AttnState};
 use kvspool::kv::format::{
-    attend_block, attend_block_gqa, decode_head, decode_k_row, decode_v_row, encode_token,
-    BlockBuf, BlockGeometry, KeyBounds, KvDtype, BLOCK_ALIGN,
+    attend_block, attend_block_gqa, attend_block_range, attend_block_runs, decode_head,
+    decode_k_row, decode_v_row, encode_token, BlockBuf, BlockGeometry, BlockScratch, KeyBounds,
+    KvDtype, BLOCK_ALIGN,
 };
 use kvspool::quant::fp8::{e4m3_from_f32, E4M3_TO_F32};
 use rand::{Rng, SeedableRng};
@@ -613,5 +614,69 @@ fn block_kernel_speed() {
             "{dt}: {ns:.0} ns per (block, KV head, 8 queries) = {:.2} GB/s of K/V codes",
             bytes / ns
         );
+    }
+}
+
+#[test]
+fn runs_in_one_call_equal_the_runs_attended_separately_and_merged() {
+    // Sparse selection units inside a block: several slot ranges in one softmax update (tiles
+    // packing consecutive runs) against one call per range merged afterwards, on awkward run
+    // lengths (1, 3, 17: across the 16-row tiles) and for every dtype.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let geo = GEO_OSS;
+    let d = geo.head_dim;
+    let group = 8;
+    let run_sets: [&[std::ops::Range<usize>]; 4] = [
+        &[0..64],
+        &[0..1, 5..8, 20..37, 63..64],
+        &[3..4, 4..9, 16..33],
+        &[40..44, 48..52, 56..60],
+    ];
+    for dt in KvDtype::ALL {
+        let (blocks, _) = make_blocks(&mut rng, geo, dt, 1, 64);
+        let block = blocks[0].bytes();
+        for h in [0, 7] {
+            let q = value_row(&mut rng, group * d, 1.0);
+            for runs in run_sets {
+                let mut one: Vec<AttnState> = (0..group).map(|_| AttnState::new(d)).collect();
+                let mut sc = BlockScratch::new(&geo, group);
+                attend_block_runs(&mut one, &q, block, &geo, dt, h, runs, 0.125, &mut sc);
+                let mut merged: Vec<AttnState> = (0..group).map(|_| AttnState::new(d)).collect();
+                for r in runs {
+                    let mut part: Vec<AttnState> = (0..group).map(|_| AttnState::new(d)).collect();
+                    attend_block_range(
+                        &mut part,
+                        &q,
+                        block,
+                        &geo,
+                        dt,
+                        h,
+                        r.clone(),
+                        0.125,
+                        &mut sc,
+                    );
+                    for (m, p) in merged.iter_mut().zip(&part) {
+                        m.merge(p);
+                    }
+                }
+                let (mut a, mut b) = (vec![0.0f32; d], vec![0.0f32; d]);
+                for (x, y) in one.iter().zip(&merged) {
+                    x.finish(&mut a);
+                    y.finish(&mut b);
+                    for (u, v) in a.iter().zip(&b) {
+                        assert!(
+                            (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                            "{dt:?} {runs:?}: {u} vs {v}"
+                        );
+                    }
+                }
+                // A single run is the range call itself, bit for bit.
+                if runs.len() == 1 {
+                    for (x, y) in one.iter().zip(&merged) {
+                        assert_eq!(x.l.to_bits(), y.l.to_bits());
+                    }
+                }
+            }
+        }
     }
 }

@@ -758,12 +758,89 @@ pub fn attend_block_range(
     scale: f32,
     scratch: &mut BlockScratch,
 ) {
+    attend_block_runs(
+        states,
+        q,
+        block,
+        geo,
+        dtype,
+        kv_head,
+        std::slice::from_ref(&range),
+        scale,
+        scratch,
+    )
+}
+
+/// Decode the rows `runs` (slot ranges, in order) from logical row `from` on into `tile` (up
+/// to [`TILE`] rows) and their scales into `rs`; returns how many rows it decoded. A tile
+/// packs rows of consecutive runs, so short runs cost no extra kernel calls downstream.
+#[allow(clippy::too_many_arguments)]
+fn decode_runs_tile(
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    is_v: bool,
+    kv_head: usize,
+    runs: &[std::ops::Range<usize>],
+    from: usize,
+    tile: &mut [f32],
+    rs: &mut [f32],
+) -> usize {
+    let d = geo.head_dim;
+    let (mut skip, mut filled) = (from, 0);
+    for r in runs {
+        let len = r.end.saturating_sub(r.start);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let start = r.start + skip;
+        let k = (len - skip).min(TILE - filled);
+        skip = 0;
+        decode_tile(
+            geo,
+            dtype,
+            block,
+            is_v,
+            kv_head,
+            start,
+            k,
+            &mut tile[filled * d..],
+            &mut rs[filled..],
+        );
+        filled += k;
+        if filled == TILE {
+            break;
+        }
+    }
+    filled
+}
+
+/// [`attend_block_range`] over several slot ranges of the block at once (`runs`, increasing and
+/// disjoint): the rows of all of them are one softmax update, decoded in tiles that pack
+/// consecutive runs. One call per (block, KV head) whatever the number of runs (sparse
+/// selection units inside a block).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block_runs(
+    states: &mut [AttnState],
+    q: &[f32],
+    block: &[u8],
+    geo: &BlockGeometry,
+    dtype: KvDtype,
+    kv_head: usize,
+    runs: &[std::ops::Range<usize>],
+    scale: f32,
+    scratch: &mut BlockScratch,
+) {
     let d = geo.head_dim;
     let g = states.len();
-    let base = range.start;
-    let n = range.end.saturating_sub(range.start);
+    let n: usize = runs.iter().map(|r| r.end.saturating_sub(r.start)).sum();
     assert!(d <= MAX_HEAD_DIM, "head_dim {d} > {MAX_HEAD_DIM}");
-    assert!(kv_head < geo.n_head_kv && range.end <= geo.block_tokens);
+    assert!(kv_head < geo.n_head_kv && runs.iter().all(|r| r.end <= geo.block_tokens));
+    assert!(
+        runs.windows(2).all(|w| w[0].end <= w[1].start),
+        "runs out of order"
+    );
     assert!(q.len() >= g * d);
     if scratch.scores.len() < g * n {
         scratch.scores.resize(g * n, 0.0);
@@ -790,18 +867,7 @@ pub fn attend_block_range(
     // Pass 1: scores. A tile of decoded K rows serves every query of the group.
     let mut t0 = 0;
     while t0 < n {
-        let c = TILE.min(n - t0);
-        decode_tile(
-            geo,
-            dtype,
-            block,
-            false,
-            kv_head,
-            base + t0,
-            c,
-            tile,
-            &mut rs,
-        );
+        let c = decode_runs_tile(geo, dtype, block, false, kv_head, runs, t0, tile, &mut rs);
         crate::kernels::dots_multi(&q[..g * d], d, &tile[..c * d], c, &mut scores[t0..], n);
         for gi in 0..g {
             for (s, r) in scores[gi * n + t0..][..c].iter_mut().zip(&rs[..c]) {
@@ -839,18 +905,7 @@ pub fn attend_block_range(
         }
         let mut t0 = 0;
         while t0 < n {
-            let c = TILE.min(n - t0);
-            decode_tile(
-                geo,
-                dtype,
-                block,
-                true,
-                kv_head,
-                base + t0,
-                c,
-                tile,
-                &mut rs,
-            );
+            let c = decode_runs_tile(geo, dtype, block, true, kv_head, runs, t0, tile, &mut rs);
             for j in 0..sgn {
                 let sc = &scores[(sg0 + j) * n + t0..][..c];
                 for i in 0..c {

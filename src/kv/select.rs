@@ -855,13 +855,23 @@ impl BoundTiles {
     pub fn center_radius(&self, r: usize, c: &mut [f32], rad: &mut [f32]) {
         let d = self.d;
         let base = (r / COL_TILE) * 2 * d * COL_TILE + r % COL_TILE;
-        for j in 0..d {
-            c[j] = if self.mix {
-                bf16_to_f32(self.centers[r * d + j])
-            } else {
-                bf16_to_f32(self.q[base + j * COL_TILE])
-            };
-            rad[j] = bf16_to_f32(self.q[base + (d + j) * COL_TILE]);
+        if self.mix {
+            // Row-major centers: a contiguous (vectorized) conversion.
+            for (o, &x) in c[..d].iter_mut().zip(&self.centers[r * d..(r + 1) * d]) {
+                *o = bf16_to_f32(x);
+            }
+        } else {
+            for (j, o) in c[..d].iter_mut().enumerate() {
+                *o = bf16_to_f32(self.q[base + j * COL_TILE]);
+            }
+        }
+        // Row r's elements sit COL_TILE apart from `base` on.
+        let col = &self.q[base..];
+        for (o, &x) in rad[..d]
+            .iter_mut()
+            .zip(col[d * COL_TILE..].iter().step_by(COL_TILE))
+        {
+            *o = bf16_to_f32(x);
         }
     }
 

@@ -45,8 +45,8 @@
 
 use super::disk::{AlignedBuf, BackendKind, DiskError, DiskGeometry, DiskTier};
 use super::format::{
-    attend_block_range, decode_k_row, encode_token, BlockGeometry, BlockLayout, BlockScratch,
-    KeyBounds, KvDtype, MAX_HEAD_DIM,
+    attend_block_range, attend_block_runs, decode_k_row, encode_token, BlockGeometry, BlockLayout,
+    BlockScratch, KeyBounds, KvDtype, MAX_HEAD_DIM,
 };
 use super::io::{self, IoDone, IoReq, Target};
 use super::policy::{
@@ -2020,7 +2020,8 @@ impl TieredKv {
         let lower = |b: usize, out: &mut [f32]| {
             // A sealed block's `[c | −r]` against `[q | |q|]`; the tail's `[min | max]` against
             // `[qp | qn]`.
-            let (mut cr, mut sw) = (vec![0.0f32; row], vec![0.0f32; row]);
+            let (mut cr, mut sw) = ([0.0f32; 2 * MAX_HEAD_DIM], [0.0f32; 2 * MAX_HEAD_DIM]);
+            let (cr, sw) = (&mut cr[..row], &mut sw[..row]);
             for g in 0..n_kv {
                 let sealed = b < n_sealed;
                 if sealed {
@@ -2034,9 +2035,9 @@ impl TieredKv {
                 for hq in 0..group {
                     let h = g * group + hq;
                     let x = if sealed {
-                        crate::kernels::dot_f32(&qcr[h * row..(h + 1) * row], &cr)
+                        crate::kernels::dot_f32(&qcr[h * row..(h + 1) * row], cr)
                     } else {
-                        crate::kernels::dot_f32(&qpn[h * row..(h + 1) * row], &sw)
+                        crate::kernels::dot_f32(&qpn[h * row..(h + 1) * row], sw)
                     };
                     let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
                     let c = g * per_head + hq % per_head;
@@ -2495,40 +2496,45 @@ impl Pass<'_> {
             s.reset();
         }
         let h0 = t * self.q.n_head + g * self.group;
-        let mut attend = |r: std::ops::Range<usize>| {
-            attend_block_range(
-                parts,
-                &self.q.q[h0 * d..(h0 + self.group) * d],
-                block,
-                &self.bgeo,
-                self.dtype,
-                g,
-                r,
-                self.q.scale,
-                scratch,
-            )
-        };
         let upb = self.bgeo.block_tokens / self.unit;
-        if upb >= 64 && units == u64::MAX || upb < 64 && units & ((1 << upb) - 1) == (1 << upb) - 1
-        {
-            return attend(r);
-        }
-        // Runs of consecutive units, clipped to `r`, in slot order.
-        let mut j = 0;
-        while j < upb {
-            if units & (1 << j) == 0 {
-                j += 1;
-                continue;
+        let full = if upb >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << upb) - 1
+        };
+        // The runs of consecutive units, clipped to `r`, in slot order (one run: `r` itself).
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        let runs: &[std::ops::Range<usize>] = if units & full == full {
+            std::slice::from_ref(&r)
+        } else {
+            let mut j = 0;
+            while j < upb {
+                if units & (1 << j) == 0 {
+                    j += 1;
+                    continue;
+                }
+                let j0 = j;
+                while j < upb && units & (1 << j) != 0 {
+                    j += 1;
+                }
+                let (a, b) = ((j0 * self.unit).max(r.start), (j * self.unit).min(r.end));
+                if a < b {
+                    runs.push(a..b);
+                }
             }
-            let j0 = j;
-            while j < upb && units & (1 << j) != 0 {
-                j += 1;
-            }
-            let (a, b) = ((j0 * self.unit).max(r.start), (j * self.unit).min(r.end));
-            if a < b {
-                attend(a..b);
-            }
-        }
+            &runs
+        };
+        attend_block_runs(
+            parts,
+            &self.q.q[h0 * d..(h0 + self.group) * d],
+            block,
+            &self.bgeo,
+            self.dtype,
+            g,
+            runs,
+            self.q.scale,
+            scratch,
+        );
     }
 
     /// Merge the blocks of one chunk (in order) into the running `states`.
