@@ -723,15 +723,16 @@ struct LayerKv {
     /// Storage: `None` = full attention (tiered store), `Some(w)` = sliding window (RAM ring).
     window: Option<usize>,
     sealed: Vec<Sealed>,
-    /// Key bounds of the sealed blocks, per KV head: one center/radius row per block (and,
-    /// for [`SparseScore::Mix`], the score row), kept as column-major tiles of 16 blocks
+    /// Key bounds of the sealed blocks, per KV head: one center/radius row per selection unit
+    /// (`TieredKv::unit`; a block when units are whole blocks) (and, for [`SparseScore::Mix`],
+    /// the score row), kept as column-major tiles of 16 rows
     /// (scoring a tile against a query group is one `col_dots`; see [`BoundTiles`]).
     bound_rows: Vec<BoundTiles>,
     /// Per KV head: the largest slack width of a sealed block's mix row (rounded up; never
     /// lowered by a truncation, so still an upper bound), for the certificate of
     /// [`SparseScore::Mix`]: a block's bound exceeds its score by at most `‖q‖ ·` this.
     width_max: Vec<f32>,
-    /// The same per complete super-block of [`SUPER_SPAN`] sealed blocks (= one tile of
+    /// The same per complete super-block of [`SUPER_SPAN`] rows (units) (= one tile of
     /// `bound_rows`): the bounds of the union of their keys. Kept only with
     /// `--sparse-index tree` (empty otherwise).
     super_rows: Vec<BoundTiles>,
