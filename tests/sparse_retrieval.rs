@@ -3,7 +3,9 @@
 //! blocks); a pass-key sentence inserted at depths 0%, 11%, ..., 100% into the classic repeated
 //! filler, ~4K or ~8K tokens in all, then the question; greedy decoding of 8 tokens, densely and
 //! with sparse selections of 25% of the context (mass 1.0 = budget only, and the default mass
-//! 0.95), must contain the key in every sparse mode whenever it does densely.
+//! 0.95; the default `--sparse-unit auto`: 4-token selection units in the 16-token blocks at ~4K,
+//! 8-token at ~8K, whose cache holds a few positions more than 8,192),
+//! must contain the key in every sparse mode whenever it does densely.
 //!
 //! `cargo test` runs 4 of the 10 depths at ~4K (CI time); all 10 at ~4K and ~8K are `#[ignore]`d:
 //! `cargo test --release --test sparse_retrieval -- --ignored --nocapture` (each depth's answers
