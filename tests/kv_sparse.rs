@@ -35,7 +35,14 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// The counters of every layer summed.
+/// The largest element-wise absolute difference of two outputs.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 /// A random selection trial's shape: 1–4 KV heads, 1–3 score columns each, `6 + trial % span`
 /// blocks of 16 positions (the last one 1–16).
 fn trial_shape(trial: usize, span: usize) -> (usize, usize, usize, Vec<usize>) {
@@ -46,6 +53,7 @@ fn trial_shape(trial: usize, span: usize) -> (usize, usize, usize, Vec<usize>) {
     (n_kv, per_head, nb, tokens)
 }
 
+/// The counters of every layer summed.
 fn layer_total(st: &kvspool::kv::KvStats) -> LayerStats {
     st.layers.iter().fold(LayerStats::default(), |mut a, l| {
         a.add(l);
@@ -1171,20 +1179,12 @@ fn units_select_and_attend_exactly_as_blocks_of_the_unit_size() {
             u.sparse_head_attended * 4 < u.sparse_head_candidates,
             "{u:?}"
         );
-        let worst = units
-            .iter()
-            .zip(&blocks)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&units, &blocks);
         assert!(
             worst < 1e-5,
             "{score:?}: units vs 4-token blocks differ by {worst}"
         );
-        let off = units
-            .iter()
-            .zip(&dense)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let off = max_abs_diff(&units, &dense);
         assert!(off > 1e-3, "{score:?}: sparse equals dense ({off})");
     }
 }

@@ -710,6 +710,26 @@ fn push_bound_rows(rows: &mut [BoundTiles], width_max: &mut [f32], b: &KeyBounds
     }
 }
 
+/// `b` reset to the box (and mean) of the stored keys at `slots` of `block`, every KV head, as
+/// attention decodes them.
+fn unit_box(
+    bgeo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    slots: std::ops::Range<usize>,
+    b: &mut KeyBounds,
+) {
+    let d = bgeo.head_dim;
+    let mut key = [0.0f32; MAX_HEAD_DIM];
+    b.reset();
+    for t in slots {
+        for h in 0..bgeo.n_head_kv {
+            decode_k_row(bgeo, dtype, block, h, t, &mut key[..d]);
+            b.update(h, &key[..d]);
+        }
+    }
+}
+
 /// A sealed block of a full-attention layer (its key bounds are rows of the layer's
 /// `bound_rows`).
 #[derive(Debug, Clone)]
@@ -820,7 +840,8 @@ pub struct TieredKv {
     /// `KVSPOOL_SPARSE_ORACLE=1`: select with exact block masses (research; see `oracle_select`).
     oracle: bool,
     /// Positions per selection unit ([`SparseConfig::unit_tokens`], resolved; the block size
-    /// without sparse attention). The key bounds have one row per unit of a sealed block.
+    /// without sparse attention): a divisor of the block size, at least 1 (checked in `new`).
+    /// The key bounds have one row per unit of a sealed block.
     unit: usize,
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
@@ -1112,16 +1133,27 @@ impl TieredKv {
 
     /// Selection units (key-bound rows) per sealed block.
     fn units_per_block(&self) -> usize {
-        (self.bgeo.block_tokens / self.unit.max(1)).max(1)
+        self.bgeo.block_tokens / self.unit
     }
 
     /// Selection units of a layer holding `stored` positions of which `sealed` blocks are
     /// sealed: `upb` per sealed block, then the tail's (its positions in units, the last one
     /// possibly short).
     fn n_units(&self, stored: usize, sealed: usize) -> usize {
-        let bt = self.bgeo.block_tokens;
-        let tail = stored.saturating_sub(sealed * bt);
-        sealed * self.units_per_block() + tail.div_ceil(self.unit.clamp(1, bt))
+        let tail = stored.saturating_sub(sealed * self.bgeo.block_tokens);
+        sealed * self.units_per_block() + tail.div_ceil(self.unit)
+    }
+
+    /// The positions of each of those units, in order.
+    fn unit_sizes(&self, stored: usize, sealed: usize) -> Vec<usize> {
+        let n_sealed = sealed * self.units_per_block();
+        let tail = stored.saturating_sub(sealed * self.bgeo.block_tokens);
+        (0..self.n_units(stored, sealed))
+            .map(|u| match u.checked_sub(n_sealed) {
+                None => self.unit,
+                Some(i) => self.unit.min(tail - i * self.unit),
+            })
+            .collect()
     }
 
     /// A selection over units (from [`Self::sparse_select`], increasing, with head masks) as
@@ -1376,17 +1408,10 @@ impl TieredKv {
         if unit >= bt {
             push_bound_rows(&mut l.bound_rows, &mut l.width_max, &l.tail_bounds);
         } else {
-            // One row per unit, from the block's stored keys (as attention decodes them).
+            // One row per unit, from the block's stored keys.
             let mut ub = KeyBounds::new(bgeo.n_head_kv, d);
-            let mut key = [0.0f32; MAX_HEAD_DIM];
             for j in 0..bt / unit {
-                ub.reset();
-                for t in j * unit..(j + 1) * unit {
-                    for h in 0..bgeo.n_head_kv {
-                        decode_k_row(&bgeo, dtype, &l.tail, h, t, &mut key[..d]);
-                        ub.update(h, &key[..d]);
-                    }
-                }
+                unit_box(&bgeo, dtype, &l.tail, j * unit..(j + 1) * unit, &mut ub);
                 push_bound_rows(&mut l.bound_rows, &mut l.width_max, &ub);
             }
         }
@@ -1853,45 +1878,34 @@ impl TieredKv {
         let l = &self.layers[layer];
         // Selection units: `upb` per sealed block (one bound row each), then those of the tail
         // block (partially filled; f32 boxes).
-        let (unit, upb) = (self.unit.min(bt), self.units_per_block());
+        let (unit, upb) = (self.unit, self.units_per_block());
         let n_blocks = (stored - 1) / bt + 1;
         let sealed_blocks = l.sealed.len().min(n_blocks);
         let n_sealed = sealed_blocks * upb;
-        let tail_len = stored - sealed_blocks * bt;
+        let tokens = self.unit_sizes(stored, sealed_blocks);
+        let nb = tokens.len();
         // The tail's units: with whole-block units its running box, else the boxes of its
-        // units from its stored keys (as attention decodes them).
+        // units from its stored keys.
         let owned: Vec<KeyBounds>;
-        let tails: Vec<&KeyBounds> = if tail_len == 0 {
-            Vec::new()
-        } else if upb == 1 {
-            vec![&l.tail_bounds]
+        let tails: Vec<&KeyBounds> = if upb == 1 {
+            (nb > n_sealed)
+                .then_some(&l.tail_bounds)
+                .into_iter()
+                .collect()
         } else {
-            let mut key = [0.0f32; MAX_HEAD_DIM];
-            owned = (0..tail_len.div_ceil(unit))
-                .map(|j| {
+            owned = tokens[n_sealed..]
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| {
                     let mut b = KeyBounds::new(n_kv, d);
-                    for t in j * unit..((j + 1) * unit).min(tail_len) {
-                        for h in 0..n_kv {
-                            decode_k_row(&self.bgeo, self.cfg.dtype, &l.tail, h, t, &mut key[..d]);
-                            b.update(h, &key[..d]);
-                        }
-                    }
+                    let slots = j * unit..j * unit + t;
+                    unit_box(&self.bgeo, self.cfg.dtype, &l.tail, slots, &mut b);
                     b
                 })
                 .collect();
             owned.iter().collect()
         };
-        let nb = n_sealed + tails.len();
         let cols = n_kv * per_head;
-        let tokens: Vec<usize> = (0..nb)
-            .map(|u| {
-                if u < n_sealed {
-                    unit
-                } else {
-                    unit.min(tail_len - (u - n_sealed) * unit)
-                }
-            })
-            .collect();
         // The scaled query as rows `[q | |q|]` against the center/radius rows `[c | r]` (each
         // bound one dot product) and, for the mix, `[q | α|q|]` against `[s | r]`.
         let mix = l.bound_rows[0].is_mix();
@@ -2110,23 +2124,13 @@ impl TieredKv {
         let group = qy.n_head / n_kv;
         let l = &self.layers[layer];
         // Units as in `sparse_select`: `upb` per sealed block, then the tail block.
-        let (unit, upb) = (self.unit.min(bt), self.units_per_block());
+        let (unit, upb) = (self.unit, self.units_per_block());
         let n_blocks = (stored - 1) / bt + 1;
         let sealed_blocks = l.sealed.len().min(n_blocks);
-        let nb = self.n_units(stored, sealed_blocks);
-        let n_sealed = sealed_blocks * upb;
-        let tail_len = stored - sealed_blocks * bt;
+        let tokens = self.unit_sizes(stored, sealed_blocks);
+        let nb = tokens.len();
         let cols = n_kv * group;
         let mut scores = vec![f32::NEG_INFINITY; nb * cols];
-        let tokens: Vec<usize> = (0..nb)
-            .map(|u| {
-                if u < n_sealed {
-                    unit
-                } else {
-                    unit.min(tail_len - (u - n_sealed) * unit)
-                }
-            })
-            .collect();
         let mut key = [0.0f32; MAX_HEAD_DIM];
         for b in 0..nb {
             // Unit `b`: its block and first slot.
@@ -2803,7 +2807,7 @@ impl KvCache for TieredKv {
             q: qy,
             group: qy.n_head / n_kv,
             n_kv,
-            unit: self.unit.min(self.bgeo.block_tokens),
+            unit: self.unit,
         };
         let (chunk, pf_depth) = self.chunk_plan(qy.n_tokens, qy.n_head);
         let n_sealed = self.layers[layer].sealed.len();
