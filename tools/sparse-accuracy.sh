@@ -7,12 +7,19 @@
 # tokens): the first N tokens of the text, teacher-forced logits of the last TAIL positions with
 # `kvspool logits`, dense (cached per text/context/block size/COMMON_FLAGS) and sparse
 # (`--attention sparse`: dense prefill up to the first requested position, then one decode step
-# per position) for every budget in BUDGETS and mass in MASSES, plus one "dense-step" run
-# (`--attention sparse --sparse-budget N`: the same decode loop, always the dense fallback —
-# the noise floor of decoding vs prefill). Per run: mean / max / p95 KL(dense || sparse) of the
-# next-token softmax distributions, top-1 agreement, the fraction of sealed KV blocks the decode
+# per position) for every budget in BUDGETS and mass in MASSES, plus two noise-floor runs:
+# "dense-step" (`--attention sparse --sparse-budget N`: the same decode loop, always the dense
+# fallback — decoding vs prefill; bit-identical, so 0) and "dense-reorder" (the same, with
+# blocks of BLOCK_TOKENS/2: dense attention summed in another order, outputs equal up to f32
+# rounding — what any change that is exact in real arithmetic costs; with the default fast
+# precision, whose 8-bit activation rounding amplifies such differences, this floor is far from
+# 0: compare sparse runs against it, or measure with COMMON_FLAGS="--precision exact").
+# Per run: mean / max / p95 KL(dense || sparse) of the next-token softmax distributions, top-1
+# agreement (also over the "decisive" positions only, where dense's top two logits differ by at
+# least 0.1, and how many near ties there were), the fraction of sealed KV blocks the decode
 # steps read (union over KV heads, from the run's --trace), the fraction of (block, KV head)
-# pairs they computed, and the run's wall time.
+# pairs they computed, and the run's wall time. results.md ends with the runs pooled per label
+# and context.
 #
 # Arguments are extra kvspool flags for the sparse runs only (e.g. `--sparse-group max`), so any
 # selection variant can be measured; give each variant its own LABEL. Environment:
@@ -31,7 +38,7 @@
 #   TAIL          64                       positions compared (the last TAIL of each context)
 #   COMMON_FLAGS  ""                       extra kvspool flags for dense and sparse runs
 #   LABEL         default                  names the variant in the tables
-#   NOISE         1                        0: skip the dense-step run
+#   NOISE         1                        0: skip the dense-step and dense-reorder runs
 #   OUT           $KVSPOOL_CACHE/tmp/sparse-accuracy   output dir (results.csv, results.md)
 #   KVSPOOL_BIN   (built with cargo build --release)   the kvspool binary to measure
 #   PYTHON        $KVSPOOL_CACHE/venv-tools/bin/python if it has numpy, else python3
@@ -169,28 +176,35 @@ for text in $TEXTS; do
     for b in $BUDGETS; do
       for m in $MASSES; do runs+=("$b:$m"); done
     done
-    [[ "$NOISE" == 1 ]] && runs+=("dense-step:-")
+    [[ "$NOISE" == 1 ]] && runs+=("dense-step:-" "dense-reorder:-")
     for r in "${runs[@]}"; do
       b="${r%%:*}"
       m="${r#*:}"
+      run_bt=$BLOCK_TOKENS
       if [[ "$b" == dense-step ]]; then
         bt=$ctx
+        flags=(--attention sparse --sparse-budget "$ctx")
+      elif [[ "$b" == dense-reorder ]]; then
+        bt=$ctx
+        run_bt=$((BLOCK_TOKENS / 2))
+        (( run_bt >= 1 )) || run_bt=2
         flags=(--attention sparse --sparse-budget "$ctx")
       else
         bt=$(budget_tokens "$b" "$ctx")
         flags=(--attention sparse --sparse-budget "$bt" --sparse-mass "$m" "${SPARSE_FLAGS[@]}")
       fi
-      key="$(printf '%s|' "$LABEL" "$tname" "$ctx" "$tail_n" "$(sha256sum < "$cut")" "$b" "$bt" "$m" "${base[@]}" "${flags[@]}" "$BIN_SHA" | sha256sum | cut -c1-16)"
+      run_base=(--kv-dtype "$KV_DTYPE" --block-tokens "$run_bt" "${COMMON[@]}")
+      key="$(printf '%s|' "$LABEL" "$tname" "$ctx" "$tail_n" "$(sha256sum < "$cut")" "$b" "$bt" "$m" "${run_base[@]}" "${flags[@]}" "$BIN_SHA" | sha256sum | cut -c1-16)"
       res="$OUT/runs/$key.json"
       [[ -s "$res" ]] && continue
       echo "sparse: $tname ctx $ctx budget $b ($bt tokens) mass $m ${SPARSE_FLAGS[*]}" >&2
       w=$(timed "$KVSPOOL_BIN" logits --tokens-file "$cut" --positions "$positions" \
-        --out "$WORK/sparse.json" "${base[@]}" "${flags[@]}" --trace "$WORK/trace.jsonl")
+        --out "$WORK/sparse.json" "${run_base[@]}" "${flags[@]}" --trace "$WORK/trace.jsonl")
       "$PYTHON" "$HELPER" metrics --dense "$dense" --sparse "$WORK/sparse.json" \
-        --trace "$WORK/trace.jsonl" --block-tokens "$BLOCK_TOKENS" --ctx "$ctx" \
+        --trace "$WORK/trace.jsonl" --block-tokens "$run_bt" --ctx "$ctx" \
         --tokens "$cut" "${focus[@]}" \
         --meta "label=$LABEL" --meta "text=$tname" --meta "ctx=$ctx" \
-        --meta "block_tokens=$BLOCK_TOKENS" --meta "budget=$b" --meta "budget_tokens=$bt" \
+        --meta "block_tokens=$run_bt" --meta "budget=$b" --meta "budget_tokens=$bt" \
         --meta "mass=$m" --meta "wall_s=$w" --meta "dense_wall_s=$(cat "$dense.wall_s")" \
         --meta "kv_dtype=$KV_DTYPE" --meta "binary_sha=$BIN_SHA" \
         --meta "flags=${COMMON_FLAGS}${COMMON_FLAGS:+ }${SPARSE_FLAGS[*]}" \

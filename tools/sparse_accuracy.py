@@ -77,6 +77,10 @@ def blocks_fraction(trace, bt, ctx, n_pos):
     return frac, (head_att / head_cand if head_cand else float("nan"))
 
 
+# Dense top-1 vs top-2 logit gap (nats) under which a position counts as a near tie.
+TIE_MARGIN = 0.1
+
+
 def cmd_metrics(args):
     opts = {"meta": {}}
     i = 0
@@ -95,6 +99,8 @@ def cmd_metrics(args):
     ld, ls = log_softmax(d), log_softmax(s)
     kl = (np.exp(ld) * (ld - ls)).sum(axis=-1)
     da, sa = d.argmax(axis=-1), s.argmax(axis=-1)
+    top2 = np.sort(d, axis=-1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
     m = dict(opts["meta"])
 
     def stats(prefix, idx):
@@ -104,6 +110,12 @@ def cmd_metrics(args):
         m[prefix + "max_kl"] = float(k.max())
         m[prefix + "p95_kl"] = float(np.percentile(k, 95))
         m[prefix + "top1_agreement"] = float((da[idx] == sa[idx]).mean())
+        # Near ties: dense's top two logits closer than TIE_MARGIN; any perturbation may swap
+        # them, so top-1 agreement is also reported over the decisive positions only.
+        decisive = margin[idx] >= TIE_MARGIN
+        m[prefix + "near_ties"] = int((~decisive).sum())
+        if decisive.any():
+            m[prefix + "decisive_top1_agreement"] = float((da[idx][decisive] == sa[idx][decisive]).mean())
         if "tokens" in opts:
             with open(opts["tokens"]) as f:
                 toks = json.load(f)
@@ -142,6 +154,8 @@ COLS = [
     "max_kl",
     "p95_kl",
     "top1_agreement",
+    "near_ties",
+    "decisive_top1_agreement",
     "dense_acc",
     "sparse_acc",
     "focus_n_positions",
@@ -182,7 +196,7 @@ def cmd_report(runs, csv_path, md_path):
             return default
 
     def key(r):
-        dense_step = r.get("budget") == "dense-step"
+        dense_step = r.get("budget") in ("dense-step", "dense-reorder")
         return (
             r.get("label", ""),
             r.get("text", ""),
@@ -207,6 +221,30 @@ def cmd_report(runs, csv_path, md_path):
         f.write("|" + "---|" * len(md_cols) + "\n")
         for r in rows:
             f.write("| " + " | ".join(fmt(c, r.get(c)) for c in md_cols) + " |\n")
+        pooled = {}
+        for r in rows:
+            n = int(r.get("n_positions", 0) or 0)
+            if not n or r.get("top1_agreement") in (None, ""):
+                continue
+            k = (r.get("label", ""), int(r.get("ctx", 0)), r.get("budget", ""), r.get("mass", ""), r.get("flags", ""))
+            p = pooled.setdefault(k, [0, 0, 0.0, 0, 0, []])
+            ties = int(r.get("near_ties", 0) or 0)
+            p[0] += n
+            p[1] += round(float(r["top1_agreement"]) * n)
+            p[2] += float(r["mean_kl"]) * n
+            if r.get("decisive_top1_agreement") not in (None, ""):
+                p[3] += n - ties
+                p[4] += round(float(r["decisive_top1_agreement"]) * (n - ties))
+            p[5].append(r.get("text", ""))
+        f.write("\npooled per label, context, budget and mass (positions of all its texts):\n\n")
+        f.write("| label | ctx | budget | mass | texts | positions | mean_kl | top1_agreement | decisive_top1_agreement |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|\n")
+        for (label, ctx, budget, mass, _), p in sorted(pooled.items(), key=lambda kv: kv[0][:2]):
+            dec = f"{100 * p[4] / p[3]:.1f}% ({p[4]}/{p[3]})" if p[3] else ""
+            f.write(
+                f"| {label} | {ctx} | {budget} | {mass} | {' '.join(p[5])} | {p[0]} | {p[2] / p[0]:.4f} | "
+                f"{100 * p[1] / p[0]:.1f}% ({p[1]}/{p[0]}) | {dec} |\n"
+            )
         flags = sorted({r.get("flags", "") for r in rows})
         f.write("\nflags of the sparse runs (besides text/ctx/budget/mass/block size): ")
         f.write("; ".join(f"`{x}`" if x else "(none)" for x in flags) + "\n")
