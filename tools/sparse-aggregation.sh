@@ -13,7 +13,8 @@
 # and runs tools/sparse-accuracy.sh on them (CONTEXTS=full, the answer's positions compared,
 # focus_* columns = the positions predicting a colour / an item number; dense_acc / sparse_acc =
 # top-1 accuracy against the true answer) for BUDGETS (default "5% 12.5% 25% 50%") and MASSES
-# (default "1.0 0.95"), plus the dense-step noise floor. Every other variable of
+# (default "1.0 0.95"), plus the noise-floor runs (dense-step, dense-reorder; NOISE=0 skips
+# them). Every other variable of
 # sparse-accuracy.sh (BLOCK_TOKENS, KV_DTYPE, COMMON_FLAGS, LABEL, KVSPOOL_BIN, PYTHON) passes
 # through; arguments are extra flags for the sparse runs. OUT defaults to
 # $KVSPOOL_CACHE/tmp/sparse-aggregation.
