@@ -2485,6 +2485,7 @@ impl Pass<'_> {
 
     /// Attention of token `t`'s heads of KV head `g` over the slots `r` of one block that lie
     /// in the units of `units` (bit `j`: slots `j·unit .. (j+1)·unit`), from a fresh state.
+    /// `runs` is the caller's reusable buffer for the unit runs.
     #[allow(clippy::too_many_arguments)]
     fn partial(
         &self,
@@ -2495,6 +2496,7 @@ impl Pass<'_> {
         units: u64,
         parts: &mut [AttnState],
         scratch: &mut BlockScratch,
+        runs: &mut Vec<std::ops::Range<usize>>,
     ) {
         let d = self.bgeo.head_dim;
         for s in parts.iter_mut() {
@@ -2508,7 +2510,7 @@ impl Pass<'_> {
             (1u64 << upb) - 1
         };
         // The runs of consecutive units, clipped to `r`, in slot order (one run: `r` itself).
-        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        runs.clear();
         let runs: &[std::ops::Range<usize>] = if units & full == full {
             std::slice::from_ref(&r)
         } else {
@@ -2527,7 +2529,7 @@ impl Pass<'_> {
                     runs.push(a..b);
                 }
             }
-            &runs
+            runs
         };
         attend_block_runs(
             parts,
@@ -2575,14 +2577,14 @@ impl Pass<'_> {
                 .par_chunks_mut(group)
                 .enumerate()
                 .for_each_init(
-                    || BlockScratch::new(&self.bgeo, group),
-                    |scratch, (i, p)| {
+                    || (BlockScratch::new(&self.bgeo, group), Vec::new()),
+                    |(scratch, runs), (i, p)| {
                         let (bi, rest) = (i / (n_tokens * n_kv), i % (n_tokens * n_kv));
                         let (t, g) = (rest / n_kv, rest % n_kv);
                         let (b, data) = blocks[bi];
                         let r = self.range(b, t, len);
                         if !r.is_empty() && reads(bi, g) {
-                            self.partial(t, g, data, r, units(bi, g), p, scratch);
+                            self.partial(t, g, data, r, units(bi, g), p, scratch, runs);
                         }
                     },
                 );
