@@ -128,6 +128,58 @@ fn run(sparse: Option<SparseConfig>, ram: usize, backend: BackendKind) -> (Vec<f
     (out, selected)
 }
 
+#[test]
+fn budgets_of_three_quarters_of_the_context_attend_densely_without_selecting() {
+    // 1,200 positions (+1 decoded): a budget of 900 is 3/4 of them — the pass is plain dense
+    // (no selection, no fallback counted, outputs bit-identical to dense); 896 still selects.
+    let cfg = |budget| SparseConfig {
+        mass: 1.0,
+        budget_tokens: budget,
+        recent_tokens: 64,
+        unit_tokens: WHOLE,
+        ..SparseConfig::default()
+    };
+    assert!(cfg(900).selects_at(1201) && !cfg(901).selects_at(1201));
+    assert!(!cfg(900).selects_at(1200) && cfg(899).selects_at(1200));
+    let (dense, _) = run_with(
+        None,
+        1 << 30,
+        BackendKind::Pread,
+        PrefetchMode::Auto,
+        None,
+        1,
+    );
+    let (at, st) = run_with(
+        Some(cfg(901)),
+        1 << 30,
+        BackendKind::Pread,
+        PrefetchMode::Auto,
+        None,
+        1,
+    );
+    assert!(dense
+        .iter()
+        .zip(&at)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    let passes = |st: &kvspool::kv::KvStats| -> (u64, u64) {
+        st.layers
+            .iter()
+            .map(|l| (l.sparse_passes, l.sparse_dense_fallbacks))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    assert_eq!(passes(&st), (0, 0));
+    let (_, st) = run_with(
+        Some(cfg(896)),
+        1 << 30,
+        BackendKind::Pread,
+        PrefetchMode::Auto,
+        None,
+        1,
+    );
+    let (p, f) = passes(&st);
+    assert!(p + f == 2 && p > 0, "{p} sparse passes, {f} fallbacks");
+}
+
 /// Fill 2 layers with 1200 positions of bursty keys, then decode `steps` tokens (append +
 /// attend on both layers), speculating each layer's query first with `spec_noise` added (None
 /// = no speculation). Returns every output and the final stats.
@@ -1128,7 +1180,8 @@ fn run_units(
 
 #[test]
 fn auto_unit_keeps_about_2048_units_per_layer_within_the_block() {
-    // 64-token blocks: whole blocks at 128K, 4-token units up to 8K, powers of two between.
+    // 64-token blocks: whole blocks at 128K, 4-token units at 8K, 2-token units up to 4K,
+    // powers of two between.
     for (n_ctx, want) in [
         (131_072, 64),
         (262_144, 64),
@@ -1137,8 +1190,10 @@ fn auto_unit_keeps_about_2048_units_per_layer_within_the_block() {
         (16_384, 8),
         (12_000, 8),
         (8_192, 4),
-        (2_048, 4),
-        (1, 4),
+        (6_000, 4),
+        (4_096, 2),
+        (2_048, 2),
+        (1, 2),
     ] {
         assert_eq!(auto_unit_tokens(n_ctx, 64), want, "n_ctx {n_ctx}");
     }

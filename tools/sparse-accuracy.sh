@@ -21,6 +21,9 @@
 # pairs they computed, and the run's wall time. results.md ends with the runs pooled per label
 # and context.
 #
+# Every kvspool run gets `--ctx N`: the cache sized to the context measured, as a job of N tokens
+# would size it (`--sparse-unit auto` picks its unit from the cache's size).
+#
 # Arguments are extra kvspool flags for the sparse runs only (e.g. `--sparse-group max`), so any
 # selection variant can be measured; give each variant its own LABEL. Environment:
 #   TEXTS         "GPL-3 argparse typing"  names: GPL-3 Apache-2.0 MPL-2.0 GFDL-1.3
@@ -161,12 +164,15 @@ for text in $TEXTS; do
     cut="$WORK/$tname.$ctx.json"
     "$PYTHON" -c 'import json, sys; json.dump(json.load(open(sys.argv[1]))[:int(sys.argv[2])], open(sys.argv[3], "w"))' "$toks" "$ctx" "$cut"
     positions=$(seq -s, $((ctx - tail_n)) $((ctx - 1)))
-    dkey="$(printf '%s|' "$tname" "$ctx" "$tail_n" "$(sha256sum < "$cut")" "${base[@]}" | sha256sum | cut -c1-16)"
+    # The cache is sized to the context measured (`--ctx`), as a job of that many tokens would
+    # size it: `--sparse-unit auto` picks its unit from it.
+    cbase=("${base[@]}" --ctx "$ctx")
+    dkey="$(printf '%s|' "$tname" "$ctx" "$tail_n" "$(sha256sum < "$cut")" "${cbase[@]}" | sha256sum | cut -c1-16)"
     dense="$OUT/dense/$tname.$ctx.$dkey.npy"
     if [[ ! -s "$dense" ]]; then
       echo "dense: $tname ctx $ctx" >&2
       w=$(timed "$KVSPOOL_BIN" logits --tokens-file "$cut" --positions "$positions" \
-        --out "$WORK/dense.json" "${base[@]}")
+        --out "$WORK/dense.json" "${cbase[@]}")
       "$PYTHON" "$HELPER" dense-npy "$WORK/dense.json" "$dense"
       echo "$w" > "$dense.wall_s"
       rm -f "$WORK/dense.json"
@@ -193,7 +199,7 @@ for text in $TEXTS; do
         bt=$(budget_tokens "$b" "$ctx")
         flags=(--attention sparse --sparse-budget "$bt" --sparse-mass "$m" "${SPARSE_FLAGS[@]}")
       fi
-      run_base=(--kv-dtype "$KV_DTYPE" --block-tokens "$run_bt" "${COMMON[@]}")
+      run_base=(--kv-dtype "$KV_DTYPE" --block-tokens "$run_bt" --ctx "$ctx" "${COMMON[@]}")
       key="$(printf '%s|' "$LABEL" "$tname" "$ctx" "$tail_n" "$(sha256sum < "$cut")" "$b" "$bt" "$m" "${run_base[@]}" "${flags[@]}" "$BIN_SHA" | sha256sum | cut -c1-16)"
       res="$OUT/runs/$key.json"
       [[ -s "$res" ]] && continue

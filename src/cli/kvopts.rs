@@ -86,7 +86,8 @@ pub struct CommonKv {
     /// Sparse attention: positions per selection unit: blocks are scored, selected and attended
     /// in units of this many tokens (a divisor of --block-tokens, at least 1/64 of it; a block
     /// is read whole when any unit of it is selected). auto: the power of two of at least
-    /// ctx/2048, at least 4, at most the block (4 up to 8K, whole 64-token blocks at 128K).
+    /// ctx/2048, at least 2, at most the block (2 up to 4K, 4 at 8K, whole 64-token blocks at
+    /// 128K).
     #[arg(long, default_value = "auto")]
     pub sparse_unit: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).

@@ -148,6 +148,19 @@ pub struct SparseConfig {
     pub unit_tokens: usize,
 }
 
+impl SparseConfig {
+    /// Whether a pass over `stored` positions selects at all: only when the budget is under 3/4
+    /// of them. From there up the selection could not save what it costs — its union would be
+    /// read densely anyway ([`select_blocks`]' fallback) unless the certified mass rule stopped
+    /// it early, which it does only for sharply peaked heads (never on the texts and the
+    /// aggregation task of docs/BENCHMARKS.md) — while scoring and taking ~3/4 of the units
+    /// costs more than the attention it saves (SmolLM2 at 4,160 positions with the default
+    /// budget: 58 ms per token against 17 ms dense, session 10).
+    pub fn selects_at(&self, stored: usize) -> bool {
+        self.budget_tokens.saturating_mul(4) < stored.saturating_mul(3)
+    }
+}
+
 /// Selection units per block at most (a head's units of a block are one `u64` mask).
 pub const MAX_UNITS_PER_BLOCK: usize = 64;
 
@@ -156,14 +169,18 @@ pub const MAX_UNITS_PER_BLOCK: usize = 64;
 /// memory or scoring than 128K does with whole blocks.
 pub const AUTO_UNITS_PER_LAYER: usize = 2048;
 
-/// The smallest unit `--sparse-unit auto` picks: a unit's key bound (a center/radius row and a
-/// mean: three `head_dim` rows of bf16) should cost less than the unit's own K and V.
-pub const MIN_AUTO_UNIT: usize = 4;
+/// The smallest unit `--sparse-unit auto` picks. [`AUTO_UNITS_PER_LAYER`] alone would give
+/// 1-token units at 2K; 2-token units are as accurate there (SmolLM2, exact precision, 25%
+/// budget: pooled KL 0.0058 with 2, 0.0052 with 1, 0.0084 with 4; at 4K 0.0020 with 2 against
+/// 0.0036 with 4 — docs/BENCHMARKS.md, session 10) and their bounds (three `head_dim` rows of
+/// bf16 per unit and KV head) stay within 1.5× the fp8 K/V they bound. Up to 4K this costs at
+/// most the bound memory and scan that 128K costs with whole blocks.
+pub const MIN_AUTO_UNIT: usize = 2;
 
 /// `--sparse-unit auto`: the power of two of at least `n_ctx / AUTO_UNITS_PER_LAYER`
 /// positions, at least [`MIN_AUTO_UNIT`], then the largest divisor of `block_tokens` not above
 /// it that keeps at most [`MAX_UNITS_PER_BLOCK`] units per block (whole blocks at 128K with
-/// 64-token blocks, 4-token units at 8K).
+/// 64-token blocks, 4-token units at 8K, 2-token units up to 4K).
 pub fn auto_unit_tokens(n_ctx: usize, block_tokens: usize) -> usize {
     let bt = block_tokens.max(1);
     let want = n_ctx
@@ -1760,7 +1777,7 @@ impl TieredKv {
             Some(sp) if self.sparse_step => (0..self.layers.len())
                 .map(|l| {
                     let next = self.layers[l].len + 1;
-                    (next > sp.budget_tokens && self.sparse_layer(l))
+                    (sp.selects_at(next) && self.sparse_layer(l))
                         .then(|| next.saturating_sub(sp.recent_tokens) / self.bgeo.block_tokens)
                 })
                 .collect(),
@@ -1787,7 +1804,7 @@ impl TieredKv {
             && self.poisoned.is_none()
             && self.sparse_depth() > 0
             && self.layers.get(layer).is_some_and(|l| {
-                l.window.is_none() && l.len > self.cfg.sparse.map_or(0, |s| s.budget_tokens)
+                l.window.is_none() && self.cfg.sparse.is_some_and(|s| s.selects_at(l.len))
             })
             && self.sparse_layer(layer)
             && self.needs_reads.get(layer).copied().unwrap_or(true)
@@ -2822,7 +2839,7 @@ impl KvCache for TieredKv {
         let sparse = self
             .cfg
             .sparse
-            .filter(|sp| qy.n_tokens == 1 && stored > sp.budget_tokens && self.sparse_layer(layer));
+            .filter(|sp| qy.n_tokens == 1 && sp.selects_at(stored) && self.sparse_layer(layer));
         if let Some(sp) = sparse {
             let nb = b_hi + 1;
             let nu = self.n_units(stored, n_sealed);
