@@ -8,8 +8,8 @@
 # `kvspool logits`, dense (cached per text/context/block size/COMMON_FLAGS) and sparse
 # (`--attention sparse`: dense prefill up to the first requested position, then one decode step
 # per position) for every budget in BUDGETS and mass in MASSES, plus two noise-floor runs:
-# "dense-step" (`--attention sparse --sparse-budget N`: the same decode loop, always the dense
-# fallback — decoding vs prefill; bit-identical, so 0) and "dense-reorder" (the same, with
+# "dense-step" (`--attention sparse --sparse-budget N`: the same decode loop, every pass dense
+# because the budget covers the context — decoding vs prefill; bit-identical, so 0) and "dense-reorder" (the same, with
 # blocks of BLOCK_TOKENS/2: dense attention summed in another order, outputs equal up to f32
 # rounding — what any change that is exact in real arithmetic costs; with the default fast
 # precision, whose 8-bit activation rounding amplifies such differences, this floor is far from

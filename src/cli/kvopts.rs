@@ -43,7 +43,8 @@ pub struct CommonKv {
     /// Sparse attention: stop adding blocks once their estimated attention mass reaches this.
     #[arg(long, default_value_t = 0.95)]
     pub sparse_mass: f32,
-    /// Sparse attention: ... or once the selection holds this many tokens.
+    /// Sparse attention: ... or once the selection holds this many tokens (a pass whose
+    /// budget is 3/4 of its positions or more reads them all, without selecting).
     #[arg(long, default_value_t = 4096)]
     pub sparse_budget: usize,
     /// Sparse attention: always read the blocks of the most recent this-many positions.

@@ -171,7 +171,7 @@ pub const AUTO_UNITS_PER_LAYER: usize = 2048;
 
 /// The smallest unit `--sparse-unit auto` picks. [`AUTO_UNITS_PER_LAYER`] alone would give
 /// 1-token units at 2K; 2-token units are as accurate there (SmolLM2, exact precision, 25%
-/// budget: pooled KL 0.0058 with 2, 0.0052 with 1, 0.0084 with 4; at 4K 0.0020 with 2 against
+/// budget: pooled KL 0.0058 with 2, 0.0052 with 1, 0.0084 with 4; at 4K 0.0021 with 2 against
 /// 0.0036 with 4 — docs/BENCHMARKS.md, session 10) and their bounds (three `head_dim` rows of
 /// bf16 per unit and KV head) stay within 1.5× the fp8 K/V they bound. Up to 4K this costs at
 /// most the bound memory and scan that 128K costs with whole blocks.
