@@ -17,6 +17,10 @@
 //!   unselected side keeps a super-block's whole bound until that head expanded it, and a head
 //!   whose certificate can no longer reach the target stops counting (its mass stays 0, a valid
 //!   lower bound; the selection does not depend on it);
+//! - without super-blocks a head's lower bounds are computed only once its estimated mass is
+//!   within `ARM_MARGIN` of the target (a certificate never exceeds the estimate), and then for
+//!   every block it took, in the order taken: the same sums as computing them block by block,
+//!   so the same selection (tested against that eager path);
 //! - each head takes its blocks in the flat order (by upper-bound key, lower index on ties);
 //!   without super-blocks the whole selection is the flat one, with them the comparison across
 //!   heads uses the first level's normalizers, so a union selection may differ slightly;
@@ -72,6 +76,9 @@ pub(crate) struct Scores<'a> {
     /// its logits (`score + slack ≥ bound`; [`super::tiered::SparseScore::Mix`]). The
     /// certified mass rule counts the unselected side at `exp(slack)` times its weight.
     pub slack: Vec<f32>,
+    /// Compute every taken block's lower bounds as it is taken instead of once a head's
+    /// estimate nears the mass (the reference the lazy certificate is tested against).
+    pub eager_certificate: bool,
 }
 
 /// A heap entry: a block or a super-block of one KV head, by key (then lower first block).
@@ -133,6 +140,13 @@ struct Book {
     cert_unsel: Vec<f64>,
     /// Heads whose certificate can still reach the mass (the others are not counted).
     certifiable: u32,
+    /// Heads whose lower bounds are being computed (see `account` in [`select`]); the others
+    /// only sum their estimate and remember the blocks they took.
+    armed: u32,
+    /// Per KV head: the estimated (upper-bound) mass of the blocks it took, and those blocks
+    /// while it is not armed, in the order taken.
+    est: Vec<f32>,
+    pending: Vec<Vec<usize>>,
     /// Per KV head: the mass counted so far.
     got: Vec<f32>,
 }
@@ -422,6 +436,32 @@ pub(crate) fn select(
         pot / per_head as f64 >= cfg.mass as f64 - 1e-6
     };
     let mut ub = vec![0.0f32; per_head];
+    // A head's certificate `Σ_sel tok·exp(min(lower, score)) / (that + boost·Σ_rest tok·exp(score))`
+    // (per column, normalized by `max`) never exceeds its estimate `Σ_sel tok·exp(score) / Z`
+    // (boost ≥ 1), so it cannot reach the mass before the estimate does. Without super-blocks a
+    // head's lower bounds are therefore only computed once its estimate is within `ARM_MARGIN`
+    // of the mass: until then it keeps its unselected side up to date and remembers its blocks,
+    // and arming adds their lower bounds in the order taken — the same sums, in the same order,
+    // as computing them one block at a time.
+    const ARM_MARGIN: f32 = 1e-3;
+    let lazy = n_super == 0 && !sc.eager_certificate;
+    // Add block `b`'s lower bounds to head `h`'s selected side (its scores in `ub`).
+    let certify = |h: usize, b: usize, ub: &[f32], lb: &[f32], bk: &mut Book| {
+        for (s, &u) in ub.iter().enumerate() {
+            let c = h * per_head + s;
+            let l = lb[c].min(u);
+            bk.cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
+        }
+    };
+    let certificate = |h: usize, bk: &Book| -> f32 {
+        let mut m = 0.0f64;
+        for s in 0..per_head {
+            let c = h * per_head + s;
+            let den = bk.cert_sel[c] + bk.cert_unsel[c];
+            m += if den > 0.0 { bk.cert_sel[c] / den } else { 1.0 };
+        }
+        (m / per_head as f64) as f32
+    };
     // Account block `b` as read by the heads in `heads`: update their counted mass `got`.
     let mut account = |b: usize, heads: u32, bk: &mut Book| {
         let heads = heads & bk.certifiable;
@@ -429,7 +469,9 @@ pub(crate) fn select(
             if heads == 0 {
                 return;
             }
-            lower(b, &mut lb);
+            if heads & bk.armed != 0 {
+                lower(b, &mut lb);
+            }
         }
         for h in 0..n_kv {
             if heads & (1 << h) == 0 {
@@ -445,22 +487,36 @@ pub(crate) fn select(
             } else {
                 upper(h, b, b + 1, &mut ub);
             }
-            if lower.is_some() {
-                let mut m = 0.0f64;
+            let Some(lower) = lower else {
+                bk.got[h] += key_of(h, &ub, tokens[b]);
+                continue;
+            };
+            if known {
                 for (s, &u) in ub.iter().enumerate() {
                     let c = h * per_head + s;
-                    if known {
-                        bk.cert_unsel[c] =
-                            (bk.cert_unsel[c] - weight(tokens[b], u, c) as f64 * boost[c]).max(0.0);
-                    }
-                    let l = lb[c].min(u);
-                    bk.cert_sel[c] += tokens[b] as f64 * ((l - col_mx[c]) as f64).exp();
-                    let den = bk.cert_sel[c] + bk.cert_unsel[c];
-                    m += if den > 0.0 { bk.cert_sel[c] / den } else { 1.0 };
+                    bk.cert_unsel[c] =
+                        (bk.cert_unsel[c] - weight(tokens[b], u, c) as f64 * boost[c]).max(0.0);
                 }
-                bk.got[h] = (m / per_head as f64) as f32;
-            } else {
-                bk.got[h] += key_of(h, &ub, tokens[b]);
+            }
+            if bk.armed & (1 << h) != 0 {
+                certify(h, b, &ub, &lb, bk);
+                bk.got[h] = certificate(h, bk);
+                continue;
+            }
+            bk.est[h] += key_of(h, &ub, tokens[b]);
+            bk.pending[h].push(b);
+            if bk.est[h] >= cfg.mass - ARM_MARGIN {
+                // Arm: the lower bounds of every block taken so far, in order.
+                bk.armed |= 1 << h;
+                let (mut lp, mut up) = (vec![0.0f32; cols], vec![0.0f32; per_head]);
+                for pb in std::mem::take(&mut bk.pending[h]) {
+                    lower(pb, &mut lp);
+                    for (s, u) in up.iter_mut().enumerate() {
+                        *u = bk.blocks[(h * per_head + s) * nb + pb];
+                    }
+                    certify(h, pb, &up, &lp, bk);
+                }
+                bk.got[h] = certificate(h, bk);
             }
         }
     };
@@ -471,6 +527,9 @@ pub(crate) fn select(
         cert_sel: vec![0.0f64; cols],
         cert_unsel,
         certifiable,
+        armed: if lazy { 0 } else { all_heads },
+        est: vec![0.0f32; n_kv],
+        pending: vec![Vec::new(); n_kv],
         got: vec![0.0f32; n_kv],
     };
     let mut masks = vec![0u32; nb];
@@ -577,7 +636,10 @@ pub(crate) fn select(
                     let r = (cfg.budget_tokens - union_tokens) / min_tokens + 2;
                     for hh in 0..n_kv {
                         let top = bk.heaps[hh].peek().map(|c| c.key);
-                        if bk.certifiable & (1 << hh) != 0 && !still_certifiable(hh, top, r, &bk) {
+                        // (An unarmed head's selected side is not summed yet: it is
+                        // tested once armed.)
+                        let live = bk.certifiable & bk.armed;
+                        if live & (1 << hh) != 0 && !still_certifiable(hh, top, r, &bk) {
                             bk.certifiable &= !(1 << hh);
                         }
                     }
@@ -945,6 +1007,96 @@ impl BoundTiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lazy_certificate_selects_exactly_as_the_eager_one() {
+        // Random scores with tight lower bounds (so that certificates do reach the mass and
+        // stop selections early), every budget scope, one or two columns per head, a slack:
+        // computing a head's lower bounds only once its estimate nears the mass must take the
+        // same blocks in the same order as computing them block by block.
+        let mut seed = 12345u64;
+        let mut f = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) as f32
+        };
+        let mut stopped_early = 0usize;
+        for trial in 0..300usize {
+            let n_kv = 1 + trial % 4;
+            let per_head = 1 + (trial / 4) % 2;
+            let cols = n_kv * per_head;
+            let nb = 20 + (trial * 7) % 150;
+            let tokens: Vec<usize> = (0..nb)
+                .map(|b| if b + 1 == nb { 1 + trial % 16 } else { 16 })
+                .collect();
+            // Row-major scores `[b · cols + c]`: a few peaked blocks over a spread background.
+            let spread = 1.0 + 6.0 * f();
+            let ub: Vec<f32> = (0..nb * cols)
+                .map(|_| {
+                    let x = f();
+                    if x > 0.97 {
+                        8.0 + 4.0 * f()
+                    } else {
+                        spread * f()
+                    }
+                })
+                .collect();
+            let gap = 0.3 * f();
+            let lo: Vec<f32> = ub.iter().map(|x| x - gap * f()).collect();
+            let slack: Vec<f32> = if trial % 3 == 0 {
+                (0..cols).map(|_| 0.2 * f()).collect()
+            } else {
+                Vec::new()
+            };
+            let scope = [BudgetScope::Union, BudgetScope::UnionOwn, BudgetScope::Head][trial % 3];
+            let cfg = SparseConfig {
+                mass: [0.5, 0.8, 0.9, 0.95][trial % 4],
+                budget_tokens: 16 * (4 + trial % (nb / 2)),
+                recent_tokens: 16,
+                budget_scope: scope,
+                share: if trial % 2 == 0 { 0.5 } else { f32::INFINITY },
+                ..SparseConfig::default()
+            };
+            let transposed: Vec<f32> = (0..cols)
+                .flat_map(|c| (0..nb).map(move |b| (b, c)))
+                .map(|(b, c)| ub[b * cols + c])
+                .collect();
+            let lower =
+                |b: usize, out: &mut [f32]| out.copy_from_slice(&lo[b * cols..(b + 1) * cols]);
+            let upper = |_: usize, _: usize, _: usize, _: &mut [f32]| unreachable!("flat");
+            let run = |eager: bool| {
+                let sc = Scores {
+                    n_kv,
+                    per_head,
+                    tokens: &tokens,
+                    blocks: transposed.clone(),
+                    span: 0,
+                    supers: Vec::new(),
+                    slack: slack.clone(),
+                    eager_certificate: eager,
+                };
+                select(sc, &upper, Some(&lower), &cfg)
+            };
+            let (lazy, eager) = (run(false), run(true));
+            assert_eq!(lazy.is_some(), eager.is_some(), "trial {trial}");
+            if let (Some(a), Some(b)) = (lazy, eager) {
+                assert_eq!(a.blocks, b.blocks, "trial {trial}");
+                assert_eq!(a.taken, b.taken, "trial {trial}");
+                // (The masses reported may differ: an unarmed head counts 0, and a head the
+                // eager path stopped certifying keeps its certificate from then on.)
+                assert!((0.0..=1.0).contains(&a.mass), "trial {trial}: {}", a.mass);
+                let read: usize = a.blocks.iter().map(|&(blk, _)| tokens[blk]).sum();
+                if read + 16 < cfg.budget_tokens && scope != BudgetScope::Head {
+                    stopped_early += 1;
+                }
+            }
+        }
+        assert!(
+            stopped_early > 50,
+            "the certificate stopped only {stopped_early} selections"
+        );
+    }
 
     fn rows(n: usize, count: usize, seed: u32) -> Vec<Vec<f32>> {
         (0..count)

@@ -427,6 +427,7 @@ fn flat_scores<'a>(
         span: 0,
         supers: Vec::new(),
         slack: Vec::new(),
+        eager_certificate: false,
     }
 }
 
@@ -2118,6 +2119,7 @@ impl TieredKv {
             span: SUPER_SPAN,
             supers,
             slack,
+            eager_certificate: false,
         };
         select::select(sc, &upper, Some(&lower), sp)
     }
