@@ -130,8 +130,9 @@ fn run(sparse: Option<SparseConfig>, ram: usize, backend: BackendKind) -> (Vec<f
 
 #[test]
 fn budgets_of_three_quarters_of_the_context_attend_densely_without_selecting() {
-    // 1,200 positions (+1 decoded): a budget of 900 is 3/4 of them — the pass is plain dense
-    // (no selection, no fallback counted, outputs bit-identical to dense); 896 still selects.
+    // 1,200 positions + the decoded one: a budget of 901 is over 3/4 of the 1,201 — the pass is
+    // plain dense (no selection, no fallback counted, outputs bit-identical to dense); 896
+    // still selects.
     let cfg = |budget| SparseConfig {
         mass: 1.0,
         budget_tokens: budget,
