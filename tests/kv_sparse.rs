@@ -142,22 +142,11 @@ fn budgets_of_three_quarters_of_the_context_attend_densely_without_selecting() {
     };
     assert!(cfg(900).selects_at(1201) && !cfg(901).selects_at(1201));
     assert!(!cfg(900).selects_at(1200) && cfg(899).selects_at(1200));
-    let (dense, _) = run_with(
-        None,
-        1 << 30,
-        BackendKind::Pread,
-        PrefetchMode::Auto,
-        None,
-        1,
-    );
-    let (at, st) = run_with(
-        Some(cfg(901)),
-        1 << 30,
-        BackendKind::Pread,
-        PrefetchMode::Auto,
-        None,
-        1,
-    );
+    let decode = |sp: Option<SparseConfig>| {
+        run_with(sp, 1 << 30, BackendKind::Pread, PrefetchMode::Auto, None, 1)
+    };
+    let (dense, _) = decode(None);
+    let (at, st) = decode(Some(cfg(901)));
     assert!(dense
         .iter()
         .zip(&at)
@@ -169,14 +158,7 @@ fn budgets_of_three_quarters_of_the_context_attend_densely_without_selecting() {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
     assert_eq!(passes(&st), (0, 0));
-    let (_, st) = run_with(
-        Some(cfg(896)),
-        1 << 30,
-        BackendKind::Pread,
-        PrefetchMode::Auto,
-        None,
-        1,
-    );
+    let (_, st) = decode(Some(cfg(896)));
     let (p, f) = passes(&st);
     assert!(p + f == 2 && p > 0, "{p} sparse passes, {f} fallbacks");
 }
