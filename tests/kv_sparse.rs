@@ -10,7 +10,7 @@ use kvspool::kv::format::KvDtype;
 use kvspool::kv::prefetch::PrefetchMode;
 use kvspool::kv::tiered::{
     auto_unit_tokens, select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex,
-    SparseScore,
+    SparseRest, SparseScore,
 };
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
 
@@ -79,6 +79,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (sel, mass) = select_blocks(&scores, 1, 1, &tokens, &cfg).unwrap();
@@ -108,6 +109,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let (sel4, _) = select_blocks(&two, 2, 1, &tokens, &cfg4).unwrap();
     assert_eq!(sel4, vec![(0, 3), (3, 2), (5, 1), (9, 3)]);
@@ -252,6 +254,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let got = run(Some(wide), 1 << 30, BackendKind::Pread).0;
     assert!(same_bits(&dense, &got));
@@ -270,6 +273,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let (base, selected) = run(Some(cfg), 1 << 30, BackendKind::Pread);
     let candidates = 2 * 1200usize.div_ceil(32) as u64;
@@ -314,6 +318,7 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     let (m, mass_max) = select_blocks(&max_cols, 1, 1, &tokens, &cfg).unwrap();
@@ -339,6 +344,7 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     // A RAM tier of ~28 frames (8 KiB slots) for 76 blocks: prefetch matters.
     let ram = 256 * 1024;
@@ -396,6 +402,7 @@ fn auto_gates_speculation_without_changing_results() {
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     // ~28 frames; two layers' selections of 16 blocks each do not stay resident: passes read.
     let ram = 256 * 1024;
@@ -491,6 +498,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let (sel, _) = select_blocks(&sc, n_kv, 1, &tokens, &cfg).unwrap();
     // Forced 0 and 11, then the most needed blocks over all heads: 3 (head 1), 5 (head 0),
@@ -568,6 +576,7 @@ fn union_own_sharing_adds_exactly_the_heads_dense_enough_on_a_block() {
             index: SparseIndex::Flat,
             score: SparseScore::Bound,
             unit_tokens: WHOLE,
+            rest: SparseRest::Mean,
         };
         let share = [0.0f32, 0.1, 0.5, 1.0, 2.0][trial % 5];
         let on = SparseConfig { share, ..off };
@@ -637,6 +646,7 @@ fn union_own_reads_what_union_reads_and_each_head_attends_its_own_top_blocks() {
             index: SparseIndex::Flat,
             score: SparseScore::Bound,
             unit_tokens: WHOLE,
+            rest: SparseRest::Mean,
         };
         let own = SparseConfig {
             budget_scope: BudgetScope::UnionOwn,
@@ -733,6 +743,7 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let ids = |v: Vec<(usize, u32)>| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
     // Estimated from the upper bounds alone, block 5 "holds" 88% and the rule stops after it.
@@ -767,6 +778,7 @@ fn tree_index_reads_exactly_what_flat_reads_with_per_head_budgets() {
         index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let tree = SparseConfig {
         index: SparseIndex::Tree,
@@ -825,6 +837,7 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
             index: SparseIndex::Tree,
             score: SparseScore::Bound,
             unit_tokens: WHOLE,
+            rest: SparseRest::Mean,
         };
         let flat = select_blocks_certified(&ub, &lower, n_kv, 1, &tokens, &head);
         let tree = select_blocks_indexed(&ub, &supers, SUPER_SPAN, &lower, n_kv, 1, &tokens, &head);
@@ -894,6 +907,7 @@ fn trial_cfg(trial: usize, score: SparseScore) -> SparseConfig {
         index: SparseIndex::Flat,
         score,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     }
 }
 
@@ -1014,6 +1028,7 @@ fn mix_score_is_deterministic_across_backends_and_tree_matches_flat() {
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let (a, sel_a) = run(Some(flat), 1 << 30, BackendKind::Pread);
     let (b, sel_b) = run(Some(flat), 0, BackendKind::Uring);
@@ -1062,6 +1077,7 @@ fn union_own_reads_the_union_blocks_computes_fewer_head_blocks_and_is_determinis
         index: SparseIndex::Flat,
         score: SparseScore::Mix,
         unit_tokens: WHOLE,
+        rest: SparseRest::Mean,
     };
     let own = SparseConfig {
         budget_scope: BudgetScope::UnionOwn,
@@ -1254,5 +1270,82 @@ fn units_are_deterministic_across_budgets_and_backends_and_compute_fewer_pairs()
             ta.sparse_head_attended * 2 < ta.sparse_head_candidates,
             "{ta:?}"
         );
+    }
+}
+
+/// `--sparse-rest mean` folds every unit a head does not attend in as its mean key (weight: its
+/// positions) carrying its mean value — exact when a unit's keys and values are all equal. With
+/// keys and values constant over stretches of 128 positions (whole super-blocks of 16 8-token
+/// units, values exact in bf16, f32 storage), sparse attention with the rest equals dense to f32
+/// rounding in every budget scope, whichever units were selected; dropping the rest does not.
+#[test]
+fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
+    let (n, bt, d, n_kv, n_head) = (1000usize, 32usize, 16usize, 2usize, 4usize);
+    let geo = KvGeometry::dense(1, n_kv, d, n + 8);
+    let run = |sparse: Option<SparseConfig>| {
+        let mut c = TieredConfig::new(1 << 30, common::kv_dir());
+        c.dtype = KvDtype::F32;
+        c.block_tokens = bt;
+        c.sparse = sparse;
+        let mut kv = TieredKv::new(geo.clone(), c).unwrap();
+        let mut r = Rng(3);
+        // Multiples of 1/4 in [-3, 3]: exact in bf16, and so are their means.
+        let mut q4 = |s: f32| (r.f() * s * 4.0).round() / 4.0;
+        let row = geo.row_len();
+        let (mut k, mut v) = (vec![0.0f32; row], vec![0.0f32; row]);
+        for p in 0..n {
+            if p % 128 == 0 {
+                k = (0..row).map(|_| q4(3.0)).collect();
+                v = (0..row).map(|_| q4(1.0)).collect();
+            }
+            kv.append(0, &k, &v).unwrap();
+        }
+        let q: Vec<f32> = (0..n_head * d).map(|_| q4(1.0)).collect();
+        let mut out = vec![0.0f32; q.len()];
+        let qy = AttnQuery {
+            q: &q,
+            n_tokens: 1,
+            pos0: n - 1,
+            n_head,
+            scale: 0.25,
+            sinks: None,
+            window: None,
+        };
+        kv.attend(0, &qy, &mut out).unwrap();
+        let st = layer_total(&KvCache::stats(&kv).unwrap());
+        (out, st)
+    };
+    let dense = run(None).0;
+    for scope in [BudgetScope::Union, BudgetScope::UnionOwn, BudgetScope::Head] {
+        let cfg = SparseConfig {
+            mass: 1.0,
+            budget_tokens: 192,
+            recent_tokens: 32,
+            budget_scope: scope,
+            unit_tokens: 8,
+            ..SparseConfig::default()
+        };
+        assert_eq!(cfg.rest, SparseRest::Mean, "the default");
+        let (with, st) = run(Some(cfg));
+        assert_eq!(
+            (st.sparse_passes, st.sparse_dense_fallbacks),
+            (1, 0),
+            "{scope:?}"
+        );
+        assert!(
+            st.sparse_head_attended * 2 < st.sparse_head_candidates,
+            "{st:?}"
+        );
+        let off = SparseConfig {
+            rest: SparseRest::Off,
+            ..cfg
+        };
+        let (without, _) = run(Some(off));
+        let (e_with, e_without) = (max_abs_diff(&dense, &with), max_abs_diff(&dense, &without));
+        assert!(
+            e_with < 2e-5,
+            "{scope:?}: rest {e_with} (without {e_without})"
+        );
+        assert!(e_without > 1e-3, "{scope:?}: without the rest {e_without}");
     }
 }

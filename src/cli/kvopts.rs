@@ -91,6 +91,12 @@ pub struct CommonKv {
     /// 128K).
     #[arg(long, default_value = "auto")]
     pub sparse_unit: String,
+    /// Sparse attention: what stands for the units a head does not attend: mean (each unit as
+    /// one key, its mean key weighted by its positions, carrying its mean value: never more than
+    /// the unit's true attention mass; no reads, two bf16 rows per unit and KV head of RAM) or
+    /// off (they are dropped, as Quest).
+    #[arg(long, default_value = "mean", value_parser = ["mean", "off"])]
+    pub sparse_rest: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
     pub kv_policy: String,
@@ -329,6 +335,11 @@ impl CommonKv {
                     kvspool::kv::tiered::SparseScore::Mix
                 },
                 unit_tokens: self.unit_tokens()?,
+                rest: if self.sparse_rest == "off" {
+                    kvspool::kv::tiered::SparseRest::Off
+                } else {
+                    kvspool::kv::tiered::SparseRest::Mean
+                },
             });
         }
         let kv = TieredKv::new(geo, cfg)?;

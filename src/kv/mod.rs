@@ -17,6 +17,7 @@ pub mod format;
 pub mod io;
 pub mod policy;
 pub mod prefetch;
+pub mod rest;
 pub(crate) mod select;
 pub mod tiered;
 

@@ -45,14 +45,15 @@
 
 use super::disk::{AlignedBuf, BackendKind, DiskError, DiskGeometry, DiskTier};
 use super::format::{
-    attend_block_range, attend_block_runs, decode_k_row, encode_token, BlockGeometry, BlockLayout,
-    BlockScratch, KeyBounds, KvDtype, MAX_HEAD_DIM,
+    attend_block_range, attend_block_runs, decode_k_row, decode_v_row, encode_token, BlockGeometry,
+    BlockLayout, BlockScratch, KeyBounds, KvDtype, MAX_HEAD_DIM,
 };
 use super::io::{self, IoDone, IoReq, Target};
 use super::policy::{
     ArenaError, BlockId, EvictionPolicy, FrameArena, FrameId, FrameState, Lru, NextUse,
 };
 use super::prefetch::{PrefetchMode, Prefetcher, SpecGate, StoreView};
+use super::rest::{self, MeanRows};
 use super::select::{self, BoundTiles, Selection};
 use super::{AttnQuery, KvCache, KvError, KvGeometry};
 use crate::kernels::attention::AttnState;
@@ -146,6 +147,8 @@ pub struct SparseConfig {
     /// 1/[`MAX_UNITS_PER_BLOCK`] of it); a block is read whole when any unit of it is
     /// selected. 0 = [`auto_unit_tokens`] for the cache's context size.
     pub unit_tokens: usize,
+    /// What stands for the units a head does not attend (`--sparse-rest`).
+    pub rest: SparseRest,
 }
 
 impl SparseConfig {
@@ -214,6 +217,29 @@ pub enum SparseScore {
     /// as the bound's; costs the block centers (a third more bound memory).
     #[default]
     Mix,
+}
+
+/// `--sparse-rest`: what a query head's attention counts for the units it does not attend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SparseRest {
+    /// Nothing: attention over the attended units alone (Quest).
+    Off,
+    /// Each unit as one pseudo-key: its mean key with weight `n` (its positions), carrying its
+    /// mean value ([`super::rest`]). Bounded by the unit's true mass (never above it); costs
+    /// two bf16 `head_dim` rows per unit and KV head of RAM and a pass over them per step, no
+    /// reads.
+    #[default]
+    Mean,
+}
+
+impl SparseRest {
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseRest::Off => "off",
+            SparseRest::Mean => "mean",
+        }
+    }
 }
 
 /// Blocks per super-block of the two-level index (`--sparse-index tree`).
@@ -298,6 +324,7 @@ impl Default for SparseConfig {
             index: SparseIndex::Flat,
             score: SparseScore::Mix,
             unit_tokens: 0,
+            rest: SparseRest::Mean,
         }
     }
 }
@@ -748,6 +775,43 @@ fn unit_box(
     }
 }
 
+/// The mean key and mean value of KV head `g` over `slots` of `block`, as attention decodes
+/// them (`k`, `v`: `head_dim` each; zero for no slots).
+fn unit_means(
+    bgeo: &BlockGeometry,
+    dtype: KvDtype,
+    block: &[u8],
+    g: usize,
+    slots: std::ops::Range<usize>,
+    k: &mut [f32],
+    v: &mut [f32],
+) {
+    let d = bgeo.head_dim;
+    let mut row = [0.0f32; MAX_HEAD_DIM];
+    k.fill(0.0);
+    v.fill(0.0);
+    let n = slots.len();
+    for t in slots {
+        decode_k_row(bgeo, dtype, block, g, t, &mut row[..d]);
+        k.iter_mut().zip(&row[..d]).for_each(|(a, b)| *a += b);
+        decode_v_row(bgeo, dtype, block, g, t, &mut row[..d]);
+        v.iter_mut().zip(&row[..d]).for_each(|(a, b)| *a += b);
+    }
+    if n > 0 {
+        let inv = 1.0 / n as f32;
+        k.iter_mut().chain(v.iter_mut()).for_each(|x| *x *= inv);
+    }
+}
+
+/// One summary `fold_rest` folds for a head.
+#[derive(Debug, Clone, Copy)]
+enum Rest {
+    /// A selection unit's mean row.
+    Unit(usize),
+    /// A complete super-block's (of [`SUPER_SPAN`] units) mean row.
+    Super(usize),
+}
+
 /// A sealed block of a full-attention layer (its key bounds are rows of the layer's
 /// `bound_rows`).
 #[derive(Debug, Clone)]
@@ -774,6 +838,12 @@ struct LayerKv {
     /// `bound_rows`): the bounds of the union of their keys. Kept only with
     /// `--sparse-index tree` (empty otherwise).
     super_rows: Vec<BoundTiles>,
+    /// Per KV head, one row per sealed selection unit: its mean key and mean value, for
+    /// [`SparseRest::Mean`] (empty otherwise; see [`super::rest`]).
+    mean_rows: Vec<MeanRows>,
+    /// The same per complete super-block of [`SUPER_SPAN`] units: the mean of their rows (what
+    /// stands for a super-block a head attends none of).
+    super_means: Vec<MeanRows>,
     /// Sliding layers: sealed blocks still visible, `(block index, bytes)`, oldest first.
     ring: VecDeque<(usize, Arc<AlignedBuf>)>,
     tail: Arc<AlignedBuf>,
@@ -1071,6 +1141,8 @@ impl TieredKv {
                 ],
                 width_max: vec![0.0; geo.n_head_kv],
                 super_rows: vec![BoundTiles::new(geo.head_dim); geo.n_head_kv],
+                mean_rows: vec![MeanRows::new(geo.head_dim); geo.n_head_kv],
+                super_means: vec![MeanRows::new(geo.head_dim); geo.n_head_kv],
                 ring: VecDeque::new(),
                 tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
                 tail_bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
@@ -1244,7 +1316,13 @@ impl TieredKv {
                     .chain(&l.super_rows)
                     .map(BoundTiles::bytes)
                     .sum();
-                tiles + tail
+                let means: usize = l
+                    .mean_rows
+                    .iter()
+                    .chain(&l.super_means)
+                    .map(MeanRows::bytes)
+                    .sum();
+                tiles + means + tail
             })
             .sum()
     }
@@ -1431,6 +1509,41 @@ impl TieredKv {
             for j in 0..bt / unit {
                 unit_box(&bgeo, dtype, &l.tail, j * unit..(j + 1) * unit, &mut ub);
                 push_bound_rows(&mut l.bound_rows, &mut l.width_max, &ub);
+            }
+        }
+        if self
+            .cfg
+            .sparse
+            .is_some_and(|sp| sp.rest == SparseRest::Mean)
+        {
+            // One mean row per unit and KV head, from the keys and values as stored.
+            let (mut k, mut v) = ([0.0f32; MAX_HEAD_DIM], [0.0f32; MAX_HEAD_DIM]);
+            for j in 0..bt / unit.min(bt) {
+                let slots = j * unit.min(bt)..(j + 1) * unit.min(bt);
+                for (g, rows) in l.mean_rows.iter_mut().enumerate() {
+                    unit_means(
+                        &bgeo,
+                        dtype,
+                        &l.tail,
+                        g,
+                        slots.clone(),
+                        &mut k[..d],
+                        &mut v[..d],
+                    );
+                    rows.push(&k[..d], &v[..d]);
+                }
+            }
+            while l.super_means[0].len() < l.mean_rows[0].len() / SUPER_SPAN {
+                let t = l.super_means[0].len();
+                for (rows, sup) in l.mean_rows.iter().zip(l.super_means.iter_mut()) {
+                    rows.mean_of(
+                        t * SUPER_SPAN,
+                        (t + 1) * SUPER_SPAN,
+                        &mut k[..d],
+                        &mut v[..d],
+                    );
+                    sup.push(&k[..d], &v[..d]);
+                }
             }
         }
         l.tail_bounds.reset();
@@ -2124,6 +2237,94 @@ impl TieredKv {
         select::select(sc, &upper, Some(&lower), sp)
     }
 
+    /// `--sparse-rest mean`: merge into each query head's state (one token's, `states[h]`) the
+    /// units its KV head did not attend in this pass (`list` and `unit_masks` as the pass read
+    /// them), each as its mean key and value with weight `n` ([`rest::fold_units`]).
+    fn fold_rest(
+        &self,
+        layer: usize,
+        qy: &AttnQuery<'_>,
+        stored: usize,
+        list: &[usize],
+        unit_masks: &[u64],
+        states: &mut [AttnState],
+    ) {
+        let (d, n_kv) = (self.geo.head_dim, self.geo.n_head_kv);
+        let group = qy.n_head / n_kv;
+        let (unit, upb) = (self.unit, self.units_per_block());
+        let l = &self.layers[layer];
+        let n_sealed = l.sealed.len();
+        let nu = self.n_units(stored, n_sealed);
+        let sizes = self.unit_sizes(stored, n_sealed);
+        let sealed_units = n_sealed * upb;
+        // attended[g · nu + u]: KV head g attended unit u.
+        let mut attended = vec![false; n_kv * nu];
+        for (i, &b) in list.iter().enumerate() {
+            for g in 0..n_kv {
+                let mut bits = unit_masks[i * n_kv + g];
+                while bits != 0 {
+                    let u = b * upb + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if u < nu {
+                        attended[g * nu + u] = true;
+                    }
+                }
+            }
+        }
+        let (bgeo, dtype) = (self.bgeo, self.cfg.dtype);
+        let ln_unit = (unit.min(self.bgeo.block_tokens) as f32).ln();
+        let ln_super = ((SUPER_SPAN * unit.min(self.bgeo.block_tokens)) as f32).ln();
+        states
+            .par_chunks_mut(group)
+            .enumerate()
+            .for_each(|(g, st)| {
+                let wanted = |u: usize| !attended[g * nu + u];
+                // What to fold, in unit order: a complete super-block of which the head attends
+                // no unit as its one summary, else its wanted units one by one.
+                let n_sup = l.super_means[g].len().min(sealed_units / SUPER_SPAN);
+                let mut items: Vec<Rest> = Vec::new();
+                for sb in 0..n_sup {
+                    let us = sb * SUPER_SPAN..(sb + 1) * SUPER_SPAN;
+                    if us.clone().all(wanted) {
+                        items.push(Rest::Super(sb));
+                    } else {
+                        items.extend(us.filter(|&u| wanted(u)).map(Rest::Unit));
+                    }
+                }
+                items.extend(
+                    (n_sup * SUPER_SPAN..nu)
+                        .filter(|&u| wanted(u))
+                        .map(Rest::Unit),
+                );
+                let fill = |i: usize, k: &mut [f32], v: &mut [f32]| match items[i] {
+                    Rest::Super(sb) => {
+                        l.super_means[g].row(sb, k, v);
+                        ln_super
+                    }
+                    Rest::Unit(u) if u < sealed_units => {
+                        if u >= l.mean_rows[g].len() {
+                            return f32::NEG_INFINITY;
+                        }
+                        l.mean_rows[g].row(u, k, v);
+                        ln_unit
+                    }
+                    Rest::Unit(u) => {
+                        // A unit of the tail block (the recent positions are nearly always
+                        // attended): its means from the stored tail.
+                        let t0 = (u - sealed_units) * unit;
+                        unit_means(&bgeo, dtype, &l.tail, g, t0..t0 + sizes[u], k, v);
+                        (sizes[u] as f32).ln()
+                    }
+                };
+                let mut rest = vec![AttnState::new(d); group];
+                let qs = &qy.q[g * group * d..(g + 1) * group * d];
+                rest::fold_units(items.len(), &fill, qs, d, qy.scale, &mut rest);
+                for (s, r) in st.iter_mut().zip(&rest) {
+                    s.merge(r);
+                }
+            });
+    }
+
     /// The research oracle (`KVSPOOL_SPARSE_ORACLE=1`): the same selection rule, fed with each
     /// block's *exact* attention mass per query head (from its decoded keys) instead of the
     /// key-bound estimate — the best any block scoring could do at this budget. Blocks not
@@ -2395,6 +2596,12 @@ impl TieredKv {
                 rows.truncate(keep.min(l.sealed.len()) * upb);
             }
             for rows in l.super_rows.iter_mut() {
+                rows.truncate(keep.min(l.sealed.len()) * upb / SUPER_SPAN);
+            }
+            for rows in l.mean_rows.iter_mut() {
+                rows.truncate(keep.min(l.sealed.len()) * upb);
+            }
+            for rows in l.super_means.iter_mut() {
                 rows.truncate(keep.min(l.sealed.len()) * upb / SUPER_SPAN);
             }
             if let Some(t) = new_tail {
@@ -2946,6 +3153,9 @@ impl KvCache for TieredKv {
                 pass.run_chunk(&blocks, masks, stored, &mut states, &mut self.parts);
             }
             self.release(&held)?;
+        }
+        if !unit_masks.is_empty() && sparse.is_some_and(|sp| sp.rest == SparseRest::Mean) {
+            self.fold_rest(layer, qy, stored, &list, &unit_masks, &mut states);
         }
         for (s, o) in states.iter().zip(out.chunks_exact_mut(d)) {
             s.finish(o);
