@@ -1275,9 +1275,10 @@ fn units_are_deterministic_across_budgets_and_backends_and_compute_fewer_pairs()
 
 /// `--sparse-rest mean` folds every unit a head does not attend in as its mean key (weight: its
 /// positions) carrying its mean value — exact when a unit's keys and values are all equal. With
-/// keys and values constant over stretches of 128 positions (whole super-blocks of 16 8-token
-/// units, values exact in bf16, f32 storage), sparse attention with the rest equals dense to f32
-/// rounding in every budget scope, whichever units were selected; dropping the rest does not.
+/// keys constant over stretches of 128 positions (whole super-blocks of 16 8-token units) and
+/// values over each unit (all exact in bf16, and so are their means; f32 storage), sparse
+/// attention with the rest equals dense to f32 rounding in every budget scope, whichever units
+/// were selected; dropping the rest does not.
 #[test]
 fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
     let (n, bt, d, n_kv, n_head) = (1000usize, 32usize, 16usize, 2usize, 4usize);
@@ -1294,8 +1295,12 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
         let row = geo.row_len();
         let (mut k, mut v) = (vec![0.0f32; row], vec![0.0f32; row]);
         for p in 0..n {
+            // Keys change per super-block, values per unit (so a unit's row read for another
+            // unit, or a super-block's for another, shows).
             if p % 128 == 0 {
                 k = (0..row).map(|_| q4(3.0)).collect();
+            }
+            if p % 8 == 0 {
                 v = (0..row).map(|_| q4(1.0)).collect();
             }
             kv.append(0, &k, &v).unwrap();

@@ -63,11 +63,11 @@ pub struct CommonKv {
     #[arg(long, default_value_t = 0)]
     pub sparse_dense_layers: usize,
     /// Sparse attention: what --sparse-budget counts: the tokens of the blocks read, over all KV
-    /// heads; union (default): every head attends every block read; union-own: each head attends
-    /// the blocks of its own ranking and those read for others where it is dense enough
-    /// (--sparse-share): less compute; head: each KV head's own selection (the blocks read are
+    /// heads; union-own (default): each head attends the blocks of its own ranking and those
+    /// read for others where it is dense enough (--sparse-share); union: every head attends
+    /// every block read (more compute); head: each KV head's own selection (the blocks read are
     /// their union).
-    #[arg(long, default_value = "union", value_parser = ["union", "union-own", "head"])]
+    #[arg(long, default_value = "union-own", value_parser = ["union", "union-own", "head"])]
     pub sparse_budget_scope: String,
     /// Sparse attention, union-own: a KV head also attends a block read for other heads when its
     /// estimated attention mass there is at least this many times the block's share of the
@@ -321,7 +321,8 @@ impl CommonKv {
                 budget_scope: match self.sparse_budget_scope.as_str() {
                     "head" => kvspool::kv::tiered::BudgetScope::Head,
                     "union-own" => kvspool::kv::tiered::BudgetScope::UnionOwn,
-                    _ => kvspool::kv::tiered::BudgetScope::Union,
+                    "union" => kvspool::kv::tiered::BudgetScope::Union,
+                    _ => kvspool::kv::tiered::BudgetScope::UnionOwn,
                 },
                 share: self.sparse_share,
                 index: if self.sparse_index == "tree" {

@@ -6,8 +6,9 @@
 //! the softmax `Σ_i exp(q·k_i)` and `Σ_i exp(q·k_i)·v_i`; the summary adds `n·exp(q·k̄)` and
 //! `n·exp(q·k̄)·v̄`. By convexity `n·exp(q·k̄) ≤ Σ_i exp(q·k_i)`: the estimate never invents
 //! mass, it only returns part of what the selection left out (dropping a unit is the estimate
-//! 0). On SmolLM2 at a 25% budget it divides the KL to dense by 2–3 (docs/BENCHMARKS.md,
-//! session 11), for no reads: the rows live in RAM next to the key bounds.
+//! 0). On SmolLM2 at a 25% budget it halves the KL to dense at 2K–4K and raises it at 8K on
+//! some texts (docs/BENCHMARKS.md, session 11), for no reads: the rows live in RAM next to the
+//! key bounds.
 //!
 //! Invariants:
 //! - [`MeanRows`] holds one row per sealed selection unit of one KV head, in unit order: the
@@ -56,6 +57,15 @@ impl MeanRows {
         }
     }
 
+    /// No rows, room reserved for `rows` (the allocation is virtual until rows are written).
+    pub fn with_capacity(d: usize, rows: usize) -> Self {
+        MeanRows {
+            d,
+            k: Vec::with_capacity(rows * d),
+            v: Vec::with_capacity(rows * d),
+        }
+    }
+
     /// Rows stored.
     pub fn len(&self) -> usize {
         self.k.len() / self.d.max(1)
@@ -66,9 +76,9 @@ impl MeanRows {
         self.k.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes of the rows stored.
     pub fn bytes(&self) -> usize {
-        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<u16>()
+        (self.k.len() + self.v.len()) * std::mem::size_of::<u16>()
     }
 
     /// Append a unit's mean key and mean value (`d` each).

@@ -275,8 +275,7 @@ impl SparseIndex {
 pub enum BudgetScope {
     /// The tokens of the blocks read, over all KV heads (a block holds every head, so this is
     /// the read and compute cost). Heads take blocks greedily by estimated mass, the most
-    /// needed first, and every head attends to every block read. The default.
-    #[default]
+    /// needed first, and every head attends to every block read.
     Union,
     /// Each KV head's own selection; the blocks read are their union (up to `n_kv` times the
     /// budget), and each block is computed only for the heads that chose it.
@@ -285,7 +284,9 @@ pub enum BudgetScope {
     /// attends only the blocks of its own ranking (a block another head read is free for it
     /// when its turn comes) and those read for others where its estimated mass is dense enough
     /// ([`SparseConfig::share`]): the compute is about each head's own selection, not the
-    /// whole union.
+    /// whole union. The default (with [`SparseRest::Mean`] standing for what a head does not
+    /// attend: docs/BENCHMARKS.md, session 11).
+    #[default]
     UnionOwn,
 }
 
@@ -319,7 +320,7 @@ impl Default for SparseConfig {
             recent_tokens: 256,
             group: GroupScore::Max,
             dense_layers: 0,
-            budget_scope: BudgetScope::Union,
+            budget_scope: BudgetScope::UnionOwn,
             share: DEFAULT_SHARE,
             index: SparseIndex::Flat,
             score: SparseScore::Mix,
@@ -1124,6 +1125,16 @@ impl TieredKv {
             let _ = std::fs::remove_file(&path);
             KvError::Failed(format!("could not start the KV I/O thread: {e}"))
         })?;
+        // `--sparse-rest mean`: a full layer's summary rows for the whole context, reserved
+        // once (no growth by doubling; pages become resident as rows are written).
+        let rest_rows = |window: Option<usize>| {
+            let on = window.is_none() && cfg.sparse.is_some_and(|sp| sp.rest == SparseRest::Mean);
+            if on {
+                geo.n_ctx.div_ceil(unit.min(cfg.block_tokens).max(1))
+            } else {
+                0
+            }
+        };
         let layers = geo
             .windows
             .iter()
@@ -1141,8 +1152,12 @@ impl TieredKv {
                 ],
                 width_max: vec![0.0; geo.n_head_kv],
                 super_rows: vec![BoundTiles::new(geo.head_dim); geo.n_head_kv],
-                mean_rows: vec![MeanRows::new(geo.head_dim); geo.n_head_kv],
-                super_means: vec![MeanRows::new(geo.head_dim); geo.n_head_kv],
+                mean_rows: (0..geo.n_head_kv)
+                    .map(|_| MeanRows::with_capacity(geo.head_dim, rest_rows(window)))
+                    .collect(),
+                super_means: (0..geo.n_head_kv)
+                    .map(|_| MeanRows::with_capacity(geo.head_dim, rest_rows(window) / SUPER_SPAN))
+                    .collect(),
                 ring: VecDeque::new(),
                 tail: Arc::new(AlignedBuf::zeroed(slot_bytes)),
                 tail_bounds: KeyBounds::new(geo.n_head_kv, geo.head_dim),
