@@ -1330,7 +1330,13 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
             unit_tokens: 8,
             ..SparseConfig::default()
         };
-        assert_eq!(cfg.rest, SparseRest::Mean, "the default");
+        // 8-token units: `auto` (the default) leaves them out, as `off` does, bit for bit.
+        assert_eq!(cfg.rest, SparseRest::Auto, "the default");
+        let (auto, _) = run(Some(cfg));
+        let cfg = SparseConfig {
+            rest: SparseRest::Mean,
+            ..cfg
+        };
         let (with, st) = run(Some(cfg));
         assert_eq!(
             (st.sparse_passes, st.sparse_dense_fallbacks),
@@ -1352,5 +1358,25 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
             "{scope:?}: rest {e_with} (without {e_without})"
         );
         assert!(e_without > 1e-3, "{scope:?}: without the rest {e_without}");
+        assert!(
+            same_bits(&auto, &without),
+            "{scope:?}: auto at 8-token units"
+        );
     }
+    // 2-token units: `auto` summarizes (exact here too), as `mean` does.
+    let cfg = SparseConfig {
+        mass: 1.0,
+        budget_tokens: 192,
+        recent_tokens: 32,
+        unit_tokens: 2,
+        ..SparseConfig::default()
+    };
+    let (auto, st) = run(Some(cfg));
+    assert_eq!((st.sparse_passes, st.sparse_dense_fallbacks), (1, 0));
+    let (mean, _) = run(Some(SparseConfig {
+        rest: SparseRest::Mean,
+        ..cfg
+    }));
+    assert!(same_bits(&auto, &mean));
+    assert!(max_abs_diff(&dense, &auto) < 2e-5);
 }

@@ -93,9 +93,10 @@ pub struct CommonKv {
     pub sparse_unit: String,
     /// Sparse attention: what stands for the units a head does not attend: mean (each unit as
     /// one key, its mean key weighted by its positions, carrying its mean value: never more than
-    /// the unit's true attention mass; no reads, two bf16 rows per unit and KV head of RAM) or
-    /// off (they are dropped, as Quest).
-    #[arg(long, default_value = "mean", value_parser = ["mean", "off"])]
+    /// the unit's true attention mass; no reads, two bf16 rows per unit and KV head of RAM), off
+    /// (they are dropped, as Quest) or auto (mean for units of at most 2 positions — up to 4K
+    /// with --sparse-unit auto — where it measured more accurate, else off).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "mean", "off"])]
     pub sparse_rest: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
     #[arg(long, default_value = "next-use", value_parser = ["next-use", "lru"])]
@@ -336,10 +337,10 @@ impl CommonKv {
                     kvspool::kv::tiered::SparseScore::Mix
                 },
                 unit_tokens: self.unit_tokens()?,
-                rest: if self.sparse_rest == "off" {
-                    kvspool::kv::tiered::SparseRest::Off
-                } else {
-                    kvspool::kv::tiered::SparseRest::Mean
+                rest: match self.sparse_rest.as_str() {
+                    "off" => kvspool::kv::tiered::SparseRest::Off,
+                    "mean" => kvspool::kv::tiered::SparseRest::Mean,
+                    _ => kvspool::kv::tiered::SparseRest::Auto,
                 },
             });
         }

@@ -228,9 +228,19 @@ pub enum SparseRest {
     /// mean value ([`super::rest`]). Bounded by the unit's true mass (never above it); costs
     /// two bf16 `head_dim` rows per unit and KV head of RAM and a pass over them per step, no
     /// reads.
-    #[default]
     Mean,
+    /// `Mean` for selection units of at most [`REST_AUTO_MAX_UNIT`] positions, else `Off`.
+    #[default]
+    Auto,
 }
+
+/// The largest unit `--sparse-rest auto` summarizes. Measured on SmolLM2 at 25% (exact
+/// precision, docs/BENCHMARKS.md session 11): with 2-token units the summaries halve the KL
+/// at 2K and 4K; with 4-token units they raise it (4K: GPL-3 0.0046 → 0.0065; 8K, `union`:
+/// typing.py 0.0010 → 0.0056) — a unit's mean value stands in for values weighted by
+/// `exp(q·k)`, worse the coarser the unit — and at 128K (64-token units) folding them costs
+/// `union-own` 5–9 ms per step.
+pub const REST_AUTO_MAX_UNIT: usize = 2;
 
 impl SparseRest {
     /// The flag value.
@@ -238,6 +248,16 @@ impl SparseRest {
         match self {
             SparseRest::Off => "off",
             SparseRest::Mean => "mean",
+            SparseRest::Auto => "auto",
+        }
+    }
+
+    /// Whether units of `unit` positions are summarized.
+    pub fn on(self, unit: usize) -> bool {
+        match self {
+            SparseRest::Off => false,
+            SparseRest::Mean => true,
+            SparseRest::Auto => unit <= REST_AUTO_MAX_UNIT,
         }
     }
 }
@@ -284,8 +304,7 @@ pub enum BudgetScope {
     /// attends only the blocks of its own ranking (a block another head read is free for it
     /// when its turn comes) and those read for others where its estimated mass is dense enough
     /// ([`SparseConfig::share`]): the compute is about each head's own selection, not the
-    /// whole union. The default (with [`SparseRest::Mean`] standing for what a head does not
-    /// attend: docs/BENCHMARKS.md, session 11).
+    /// whole union. The default (docs/BENCHMARKS.md, sessions 7, 10 and 11).
     #[default]
     UnionOwn,
 }
@@ -325,7 +344,7 @@ impl Default for SparseConfig {
             index: SparseIndex::Flat,
             score: SparseScore::Mix,
             unit_tokens: 0,
-            rest: SparseRest::Mean,
+            rest: SparseRest::Auto,
         }
     }
 }
@@ -932,6 +951,9 @@ pub struct TieredKv {
     /// without sparse attention): a divisor of the block size, at least 1 (checked in `new`).
     /// The key bounds have one row per unit of a sealed block.
     unit: usize,
+    /// Sparse passes fold in the units a head does not attend ([`SparseConfig::rest`],
+    /// resolved against `unit`).
+    rest_on: bool,
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
     needs_reads: Vec<bool>,
@@ -1125,11 +1147,13 @@ impl TieredKv {
             let _ = std::fs::remove_file(&path);
             KvError::Failed(format!("could not start the KV I/O thread: {e}"))
         })?;
+        let rest_on = cfg
+            .sparse
+            .is_some_and(|sp| sp.rest.on(unit.min(cfg.block_tokens)));
         // `--sparse-rest mean`: a full layer's summary rows for the whole context, reserved
         // once (no growth by doubling; pages become resident as rows are written).
         let rest_rows = |window: Option<usize>| {
-            let on = window.is_none() && cfg.sparse.is_some_and(|sp| sp.rest == SparseRest::Mean);
-            if on {
+            if window.is_none() && rest_on {
                 geo.n_ctx.div_ceil(unit.min(cfg.block_tokens).max(1))
             } else {
                 0
@@ -1212,6 +1236,7 @@ impl TieredKv {
             spec_ns: vec![0; n_layer],
             oracle: std::env::var("KVSPOOL_SPARSE_ORACLE").is_ok_and(|v| v == "1"),
             unit,
+            rest_on,
             trace,
             started: Instant::now(),
             cfg,
@@ -1526,11 +1551,7 @@ impl TieredKv {
                 push_bound_rows(&mut l.bound_rows, &mut l.width_max, &ub);
             }
         }
-        if self
-            .cfg
-            .sparse
-            .is_some_and(|sp| sp.rest == SparseRest::Mean)
-        {
+        if self.rest_on {
             // One mean row per unit and KV head, from the keys and values as stored.
             let (mut k, mut v) = ([0.0f32; MAX_HEAD_DIM], [0.0f32; MAX_HEAD_DIM]);
             for j in 0..bt / unit.min(bt) {
@@ -3169,7 +3190,7 @@ impl KvCache for TieredKv {
             }
             self.release(&held)?;
         }
-        if !unit_masks.is_empty() && sparse.is_some_and(|sp| sp.rest == SparseRest::Mean) {
+        if !unit_masks.is_empty() && self.rest_on {
             self.fold_rest(layer, qy, stored, &list, &unit_masks, &mut states);
         }
         for (s, o) in states.iter().zip(out.chunks_exact_mut(d)) {
