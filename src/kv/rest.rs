@@ -23,28 +23,16 @@
 
 use crate::kernels::attention::AttnState;
 use crate::kernels::{axpys_multi, dots_multi, exp_shift_sum};
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 
 /// Per selection unit of one KV head: the mean key and the mean value (bf16, `d` each,
 /// row-major).
 #[derive(Debug, Clone)]
 pub struct MeanRows {
     d: usize,
-    k: Vec<u16>,
-    v: Vec<u16>,
-}
-
-fn to_bf16(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7fc0;
-    }
-    // Round to nearest, ties to even, on the high half.
-    let b = x.to_bits();
-    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1));
-    (r >> 16) as u16
-}
-
-fn from_bf16(x: u16) -> f32 {
-    f32::from_bits((x as u32) << 16)
+    k: Vec<bf16>,
+    v: Vec<bf16>,
 }
 
 impl MeanRows {
@@ -78,14 +66,14 @@ impl MeanRows {
 
     /// Bytes of the rows stored.
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<u16>()
+        (self.k.len() + self.v.len()) * std::mem::size_of::<bf16>()
     }
 
     /// Append a unit's mean key and mean value (`d` each).
     pub fn push(&mut self, k: &[f32], v: &[f32]) {
         debug_assert!(k.len() == self.d && v.len() == self.d);
-        self.k.extend(k.iter().map(|&x| to_bf16(x)));
-        self.v.extend(v.iter().map(|&x| to_bf16(x)));
+        self.k.extend(k.iter().map(|&x| bf16::from_f32(x)));
+        self.v.extend(v.iter().map(|&x| bf16::from_f32(x)));
     }
 
     /// Keep the first `rows` rows.
@@ -102,10 +90,10 @@ impl MeanRows {
         v[..d].fill(0.0);
         for r in a..b {
             for (o, &x) in k[..d].iter_mut().zip(&self.k[r * d..(r + 1) * d]) {
-                *o += from_bf16(x);
+                *o += x.to_f32();
             }
             for (o, &x) in v[..d].iter_mut().zip(&self.v[r * d..(r + 1) * d]) {
-                *o += from_bf16(x);
+                *o += x.to_f32();
             }
         }
         if b > a {
@@ -120,12 +108,8 @@ impl MeanRows {
     /// Row `r` as f32: the mean key into `k`, the mean value into `v` (`d` each).
     pub fn row(&self, r: usize, k: &mut [f32], v: &mut [f32]) {
         let s = r * self.d..(r + 1) * self.d;
-        for (o, &x) in k.iter_mut().zip(&self.k[s.clone()]) {
-            *o = from_bf16(x);
-        }
-        for (o, &x) in v.iter_mut().zip(&self.v[s]) {
-            *o = from_bf16(x);
-        }
+        self.k[s.clone()].convert_to_f32_slice(&mut k[..self.d]);
+        self.v[s].convert_to_f32_slice(&mut v[..self.d]);
     }
 }
 
@@ -160,6 +144,7 @@ pub fn fold_units(
     let mut vals = vec![0.0f32; CHUNK * d];
     let mut lnn = [0.0f32; CHUNK];
     let mut w = vec![0.0f32; nq * CHUNK];
+    // The heads' running `Σ weight · v̄` (their `m` and `l` live in `out`), rows of `d`.
     let mut accs = vec![0.0f32; nq * d];
     let mut i0 = 0;
     while i0 < n_units {
@@ -199,18 +184,15 @@ pub fn fold_units(
             if st.m != f32::NEG_INFINITY && new_m > st.m {
                 let a = (st.m - new_m).exp();
                 st.l *= a;
-                st.acc.iter_mut().for_each(|x| *x *= a);
+                accs[h * d..(h + 1) * d].iter_mut().for_each(|x| *x *= a);
             }
             st.m = new_m;
             st.l += exp_shift_sum(row, new_m);
         }
-        for (h, st) in out.iter().enumerate() {
-            accs[h * d..(h + 1) * d].copy_from_slice(&st.acc);
-        }
         axpys_multi(&w, CHUNK, &vals, c, &mut accs, d);
-        for (h, st) in out.iter_mut().enumerate() {
-            st.acc.copy_from_slice(&accs[h * d..(h + 1) * d]);
-        }
+    }
+    for (st, a) in out.iter_mut().zip(accs.chunks_exact(d)) {
+        st.acc.copy_from_slice(a);
     }
 }
 
