@@ -35,13 +35,16 @@
 #                 number of final positions to compare instead of TAIL)
 #   CONTEXTS      "2048 4096 8192"         token counts, or "full" (the whole text)
 #   BUDGETS       "5% 10% 12.5% 25%"       a percentage of the context or a token count
+#                                          (none: only the NOISE runs)
 #   MASSES        "1.0 0.95"               --sparse-mass values (1.0 = the budget alone decides)
 #   BLOCK_TOKENS  16                       --block-tokens (dense and sparse)
 #   KV_DTYPE      f16                      --kv-dtype (dense and sparse)
 #   TAIL          64                       positions compared (the last TAIL of each context)
 #   COMMON_FLAGS  ""                       extra kvspool flags for dense and sparse runs
 #   LABEL         default                  names the variant in the tables
-#   NOISE         1                        0: skip the dense-step and dense-reorder runs
+#   NOISE         1                        0: skip the dense-step and dense-reorder runs; or a
+#                                          list of them, and/or dense-fp8 (dense attention on an
+#                                          fp8 KV cache: what the KV format alone costs)
 #   OUT           $KVSPOOL_CACHE/tmp/sparse-accuracy   output dir (results.csv, results.md)
 #   KVSPOOL_BIN   (built with cargo build --release)   the kvspool binary to measure
 #   PYTHON        $KVSPOOL_CACHE/venv-tools/bin/python if it has numpy, else python3
@@ -179,14 +182,19 @@ for text in $TEXTS; do
       echo "  dense wall ${w}s" >&2
     fi
     runs=()
-    for b in $BUDGETS; do
+    for b in ${BUDGETS/none/}; do
       for m in $MASSES; do runs+=("$b:$m"); done
     done
-    [[ "$NOISE" == 1 ]] && runs+=("dense-step:-" "dense-reorder:-")
+    case "$NOISE" in
+      0) ;;
+      1) runs+=("dense-step:-" "dense-reorder:-") ;;
+      *) for n in $NOISE; do runs+=("$n:-"); done ;;
+    esac
     for r in "${runs[@]}"; do
       b="${r%%:*}"
       m="${r#*:}"
       run_bt=$BLOCK_TOKENS
+      run_dtype=$KV_DTYPE
       if [[ "$b" == dense-step ]]; then
         bt=$ctx
         flags=(--attention sparse --sparse-budget "$ctx")
@@ -195,11 +203,18 @@ for text in $TEXTS; do
         run_bt=$((BLOCK_TOKENS / 2))
         (( run_bt >= 1 )) || run_bt=2
         flags=(--attention sparse --sparse-budget "$ctx")
+      elif [[ "$b" == dense-fp8 ]]; then
+        bt=$ctx
+        run_dtype=fp8
+        flags=(--attention sparse --sparse-budget "$ctx")
+      elif [[ "$b" == dense-* ]]; then
+        echo "error: unknown NOISE run $b (dense-step, dense-reorder, dense-fp8)" >&2
+        exit 1
       else
         bt=$(budget_tokens "$b" "$ctx")
         flags=(--attention sparse --sparse-budget "$bt" --sparse-mass "$m" "${SPARSE_FLAGS[@]}")
       fi
-      run_base=(--kv-dtype "$KV_DTYPE" --block-tokens "$run_bt" --ctx "$ctx" "${COMMON[@]}")
+      run_base=(--kv-dtype "$run_dtype" --block-tokens "$run_bt" --ctx "$ctx" "${COMMON[@]}")
       key="$(printf '%s|' "$LABEL" "$tname" "$ctx" "$tail_n" "$(sha256sum < "$cut")" "$b" "$bt" "$m" "${run_base[@]}" "${flags[@]}" "$BIN_SHA" | sha256sum | cut -c1-16)"
       res="$OUT/runs/$key.json"
       [[ -s "$res" ]] && continue
@@ -212,7 +227,7 @@ for text in $TEXTS; do
         --meta "label=$LABEL" --meta "text=$tname" --meta "ctx=$ctx" \
         --meta "block_tokens=$run_bt" --meta "budget=$b" --meta "budget_tokens=$bt" \
         --meta "mass=$m" --meta "wall_s=$w" --meta "dense_wall_s=$(cat "$dense.wall_s")" \
-        --meta "kv_dtype=$KV_DTYPE" --meta "binary_sha=$BIN_SHA" \
+        --meta "kv_dtype=$run_dtype" --meta "binary_sha=$BIN_SHA" \
         --meta "flags=${COMMON_FLAGS}${COMMON_FLAGS:+ }${SPARSE_FLAGS[*]}" \
         --out "$res"
       rm -f "$WORK/sparse.json" "$WORK/trace.jsonl"

@@ -116,6 +116,10 @@ def cmd_metrics(args):
         m[prefix + "near_ties"] = int((~decisive).sum())
         if decisive.any():
             m[prefix + "decisive_top1_agreement"] = float((da[idx][decisive] == sa[idx][decisive]).mean())
+        # Where the top token differs: the position and dense's top-1/top-2 gap there (how
+        # close a tie each flip was).
+        flips = [i for i in idx if da[i] != sa[i]]
+        m[prefix + "flips"] = [[int(positions[i]), round(float(margin[i]), 4)] for i in flips]
         if "tokens" in opts:
             with open(opts["tokens"]) as f:
                 toks = json.load(f)
@@ -196,7 +200,7 @@ def cmd_report(runs, csv_path, md_path):
             return default
 
     def key(r):
-        dense_step = r.get("budget") in ("dense-step", "dense-reorder")
+        dense_step = r.get("budget") in ("dense-step", "dense-reorder", "dense-fp8")
         return (
             r.get("label", ""),
             r.get("text", ""),
