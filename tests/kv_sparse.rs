@@ -9,7 +9,7 @@ use kvspool::kv::disk::BackendKind;
 use kvspool::kv::format::KvDtype;
 use kvspool::kv::prefetch::PrefetchMode;
 use kvspool::kv::tiered::{
-    auto_unit_tokens, select_blocks, BudgetScope, GroupScore, SparseConfig, SparseIndex,
+    auto_unit_tokens, select_blocks, BudgetScope, GroupScore, LayerSet, SparseConfig, SparseIndex,
     SparseRest, SparseScore,
 };
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, LayerStats, TieredConfig, TieredKv};
@@ -74,6 +74,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -104,6 +105,7 @@ fn selection_forces_sinks_and_recent_then_takes_blocks_by_mass() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -249,6 +251,7 @@ fn sparse_with_a_budget_covering_the_context_equals_dense() {
         recent_tokens: 256,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -268,6 +271,7 @@ fn sparse_reads_fewer_blocks_and_is_identical_across_budgets_and_backends() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -313,6 +317,7 @@ fn group_sum_averages_the_query_heads_own_mass_estimates() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -339,6 +344,7 @@ fn sparse_results_do_not_depend_on_the_predictors_and_predictions_are_scored() {
         recent_tokens: 64,
         group: GroupScore::Sum,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -397,6 +403,7 @@ fn auto_gates_speculation_without_changing_results() {
         recent_tokens: 64,
         group: GroupScore::Sum,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Union,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -493,6 +500,7 @@ fn union_budget_counts_blocks_read_and_gives_them_to_every_head() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Union,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -571,6 +579,7 @@ fn union_own_sharing_adds_exactly_the_heads_dense_enough_on_a_block() {
             recent_tokens: 16,
             group: GroupScore::Sum,
             dense_layers: 0,
+            layers: LayerSet::ALL,
             budget_scope: BudgetScope::UnionOwn,
             share: f32::INFINITY,
             index: SparseIndex::Flat,
@@ -641,6 +650,7 @@ fn union_own_reads_what_union_reads_and_each_head_attends_its_own_top_blocks() {
             recent_tokens: 16 * (1 + trial % 3),
             group: GroupScore::Sum,
             dense_layers: 0,
+            layers: LayerSet::ALL,
             budget_scope: BudgetScope::Union,
             share: f32::INFINITY,
             index: SparseIndex::Flat,
@@ -738,6 +748,7 @@ fn certified_mass_rule_stops_only_when_the_lower_bounds_guarantee_the_mass() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Union,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -773,6 +784,7 @@ fn tree_index_reads_exactly_what_flat_reads_with_per_head_budgets() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -832,6 +844,7 @@ fn indexed_selection_keeps_the_flat_order_per_head_and_the_budget() {
             recent_tokens: 64,
             group: GroupScore::Max,
             dense_layers: 0,
+            layers: LayerSet::ALL,
             budget_scope: BudgetScope::Head,
             share: f32::INFINITY,
             index: SparseIndex::Tree,
@@ -898,6 +911,7 @@ fn trial_cfg(trial: usize, score: SparseScore) -> SparseConfig {
         recent_tokens: 16,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: if trial.is_multiple_of(2) {
             BudgetScope::Union
         } else {
@@ -1023,6 +1037,7 @@ fn mix_score_is_deterministic_across_backends_and_tree_matches_flat() {
         recent_tokens: 64,
         group: GroupScore::Max,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -1072,6 +1087,7 @@ fn union_own_reads_the_union_blocks_computes_fewer_head_blocks_and_is_determinis
         recent_tokens: 64,
         group: GroupScore::Sum,
         dense_layers: 0,
+        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Union,
         share: f32::INFINITY,
         index: SparseIndex::Flat,
@@ -1379,4 +1395,113 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
     }));
     assert!(same_bits(&auto, &mean));
     assert!(max_abs_diff(&dense, &auto) < 2e-5);
+}
+
+#[test]
+fn sparse_layers_leave_the_other_full_layers_dense_bit_for_bit() {
+    let cfg = SparseConfig {
+        mass: 0.95,
+        budget_tokens: 256,
+        recent_tokens: 64,
+        group: GroupScore::Max,
+        dense_layers: 0,
+        layers: LayerSet::ALL,
+        budget_scope: BudgetScope::Head,
+        share: f32::INFINITY,
+        index: SparseIndex::Flat,
+        score: SparseScore::Bound,
+        unit_tokens: WHOLE,
+        rest: SparseRest::Off,
+    };
+    let go = |c: Option<SparseConfig>| {
+        run_with(c, 1 << 30, BackendKind::Pread, PrefetchMode::Auto, None, 1)
+    };
+    let (dense, _) = go(None);
+    let (sparse, _) = go(Some(cfg));
+    let half = dense.len() / 2;
+    // Both layers are sparse with the set `all`, and that changes both of them.
+    assert!(dense[..half] != sparse[..half] && dense[half..] != sparse[half..]);
+    for (only, set) in [(0usize, "0"), (1, "1")] {
+        let c = SparseConfig {
+            layers: set.parse().unwrap(),
+            ..cfg
+        };
+        let (got, st) = go(Some(c));
+        // The layers are independent here: the listed one equals the all-sparse run, the other
+        // equals dense, bit for bit.
+        for l in 0..2 {
+            let (want, span) = if l == only {
+                (&sparse, l * half..(l + 1) * half)
+            } else {
+                (&dense, l * half..(l + 1) * half)
+            };
+            assert!(
+                same_bits(&got[span.clone()], &want[span]),
+                "--sparse-layers {set}, layer {l}"
+            );
+        }
+        assert!(st.layers[only].sparse_selected > 0);
+        assert_eq!(
+            st.layers[1 - only].sparse_selected,
+            0,
+            "--sparse-layers {set}"
+        );
+    }
+    // `--sparse-dense-layers` counts full layers and applies on top of the set.
+    let c = SparseConfig {
+        layers: "0".parse().unwrap(),
+        dense_layers: 1,
+        ..cfg
+    };
+    assert!(same_bits(&go(Some(c)).0, &dense));
+}
+
+#[test]
+fn sparse_layers_parse_print_and_must_name_full_layers() {
+    for (text, want) in [
+        ("all", "all"),
+        ("ALL", "all"),
+        ("3", "3"),
+        (" 1-3, 7 ,9-9", "1-3,7,9"),
+        ("5,1,2,3", "1-3,5"),
+        ("0-255", "0-255"),
+        ("1,3,5", "1,3,5"),
+    ] {
+        let s: LayerSet = text.parse().unwrap();
+        assert_eq!(s.to_string(), want, "{text:?}");
+        assert_eq!(s.to_string().parse::<LayerSet>().unwrap(), s);
+    }
+    let s: LayerSet = "1-3,7".parse().unwrap();
+    assert!(s.contains(1) && s.contains(3) && s.contains(7));
+    assert!(!s.contains(0) && !s.contains(4) && !s.contains(300));
+    assert!(LayerSet::ALL.contains(10_000));
+    for bad in ["", "x", "3-1", "256", "1,,2", "-1", "1-", "1-2-3", "0-256"] {
+        let e = bad.parse::<LayerSet>().unwrap_err().to_string();
+        assert!(e.contains("bad layer list"), "{bad:?}: {e}");
+    }
+    // A layer the model does not have, or a sliding-window one, is an error naming the full
+    // layers.
+    let mut geo = KvGeometry::dense(4, 2, 16, 256);
+    geo.windows = vec![Some(128), None, Some(128), None];
+    for (set, what) in [
+        ("1,4", "has 4 layers"),
+        ("0-1", "layer 0 is a sliding-window layer"),
+    ] {
+        let mut c = TieredConfig::new(1 << 20, common::kv_dir());
+        c.sparse = Some(SparseConfig {
+            layers: set.parse().unwrap(),
+            ..SparseConfig::default()
+        });
+        let Err(e) = TieredKv::new(geo.clone(), c) else {
+            panic!("--sparse-layers {set} was accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains(what) && e.contains("(1,3)"), "{set}: {e}");
+    }
+    let mut c = TieredConfig::new(1 << 20, common::kv_dir());
+    c.sparse = Some(SparseConfig {
+        layers: "1,3".parse().unwrap(),
+        ..SparseConfig::default()
+    });
+    assert!(TieredKv::new(geo, c).is_ok());
 }

@@ -62,6 +62,11 @@ pub struct CommonKv {
     /// Sparse attention: the first this-many full-attention layers stay dense.
     #[arg(long, default_value_t = 0)]
     pub sparse_dense_layers: usize,
+    /// Sparse attention: the model layers it applies to: all, or layer indices and ranges
+    /// (e.g. 1-11,13); other full-attention layers stay dense. Each must be a full-attention
+    /// layer of the model
+    #[arg(long, default_value = "all")]
+    pub sparse_layers: kvspool::kv::tiered::LayerSet,
     /// Sparse attention: what --sparse-budget counts: the tokens of the blocks read, over all KV
     /// heads; union-own (default): each head attends the blocks of its own ranking and those
     /// read for others where it is dense enough (--sparse-share); union: every head attends
@@ -319,6 +324,7 @@ impl CommonKv {
                     kvspool::kv::tiered::GroupScore::Max
                 },
                 dense_layers: self.sparse_dense_layers,
+                layers: self.sparse_layers,
                 budget_scope: match self.sparse_budget_scope.as_str() {
                     "head" => kvspool::kv::tiered::BudgetScope::Head,
                     "union-own" => kvspool::kv::tiered::BudgetScope::UnionOwn,

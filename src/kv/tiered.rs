@@ -60,8 +60,10 @@ use crate::kernels::attention::AttnState;
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
 use std::collections::{HashSet, VecDeque};
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -149,6 +151,125 @@ pub struct SparseConfig {
     pub unit_tokens: usize,
     /// What stands for the units a head does not attend (`--sparse-rest`).
     pub rest: SparseRest,
+    /// The model layers sparse attention may apply to (`--sparse-layers`): full-attention
+    /// layers outside the set stay dense, as do the first `dense_layers` full layers.
+    pub layers: LayerSet,
+}
+
+/// A set of model layer indices (`--sparse-layers`: `all`, or a comma-separated list of
+/// indices and inclusive ranges such as `1-3,7`). Finite sets hold indices below
+/// [`LayerSet::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSet {
+    all: bool,
+    bits: [u64; 4],
+}
+
+impl LayerSet {
+    /// Every layer.
+    pub const ALL: LayerSet = LayerSet {
+        all: true,
+        bits: [0; 4],
+    };
+    /// One more than the largest index a finite set can hold.
+    pub const MAX: usize = 256;
+
+    /// Whether `layer` is in the set.
+    pub fn contains(&self, layer: usize) -> bool {
+        self.all || (layer < Self::MAX && self.bits[layer / 64] >> (layer % 64) & 1 == 1)
+    }
+
+    /// The finite set of `layers`; `None` if one is [`LayerSet::MAX`] or more.
+    pub fn of(layers: impl IntoIterator<Item = usize>) -> Option<LayerSet> {
+        let mut set = LayerSet {
+            all: false,
+            bits: [0; 4],
+        };
+        for l in layers {
+            if l >= Self::MAX {
+                return None;
+            }
+            set.bits[l / 64] |= 1 << (l % 64);
+        }
+        Some(set)
+    }
+
+    /// Whether this is [`LayerSet::ALL`].
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// The indices of a finite set, ascending (empty for [`LayerSet::ALL`]).
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..Self::MAX).filter(move |&l| !self.all && self.contains(l))
+    }
+}
+
+/// `a-b`, or `a` when the range holds one index.
+fn range_text((a, b): (usize, usize)) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+/// A `--sparse-layers` value that is not `all` or a list of layer indices and ranges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad layer list {0:?}: expected `all` or comma-separated layer indices and ranges below {max} \
+     (e.g. `1-11,13`)",
+    max = LayerSet::MAX
+)]
+pub struct ParseLayerSetError(pub String);
+
+impl FromStr for LayerSet {
+    type Err = ParseLayerSetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("all") {
+            return Ok(LayerSet::ALL);
+        }
+        let err = || ParseLayerSetError(s.to_string());
+        let mut layers = Vec::new();
+        for part in t.split(',') {
+            let part = part.trim();
+            let (a, b) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let a: usize = a.parse().map_err(|_| err())?;
+            let b: usize = b.parse().map_err(|_| err())?;
+            if a > b || b >= LayerSet::MAX {
+                return Err(err());
+            }
+            layers.extend(a..=b);
+        }
+        LayerSet::of(layers).ok_or_else(err)
+    }
+}
+
+impl fmt::Display for LayerSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all {
+            return f.write_str("all");
+        }
+        // Runs of consecutive indices as ranges: `0-29`, `1,3,5`.
+        let mut parts: Vec<String> = Vec::new();
+        let mut run: Option<(usize, usize)> = None;
+        for l in self.indices() {
+            run = match run {
+                Some((a, b)) if b + 1 == l => Some((a, l)),
+                Some(r) => {
+                    parts.push(range_text(r));
+                    Some((l, l))
+                }
+                None => Some((l, l)),
+            };
+        }
+        parts.extend(run.map(range_text));
+        f.write_str(&parts.join(","))
+    }
 }
 
 impl SparseConfig {
@@ -345,6 +466,7 @@ impl Default for SparseConfig {
             score: SparseScore::Mix,
             unit_tokens: 0,
             rest: SparseRest::Auto,
+            layers: LayerSet::ALL,
         }
     }
 }
@@ -1112,6 +1234,32 @@ impl TieredKv {
                 u
             }
         };
+        if let Some(sp) = cfg.sparse {
+            if let Some(l) = sp
+                .layers
+                .indices()
+                .find(|&l| l >= geo.n_layer || geo.windows[l].is_some())
+            {
+                let full = geo
+                    .windows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.is_none())
+                    .map(|(i, _)| i);
+                let full = LayerSet::of(full)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                let what = if l >= geo.n_layer {
+                    format!("the model has {} layers", geo.n_layer)
+                } else {
+                    format!("layer {l} is a sliding-window layer")
+                };
+                return Err(KvError::Config(format!(
+                    "--sparse-layers {}: {what}; list full-attention layers ({full})",
+                    sp.layers,
+                )));
+            }
+        }
         let layout = bgeo.layout(cfg.dtype);
         let dgeo = disk_geometry(&geo, cfg.block_tokens, cfg.dtype, cfg.fingerprint);
         let slot_bytes = dgeo.slot_bytes() as usize;
@@ -2001,13 +2149,14 @@ impl TieredKv {
         self.prefetch(&ids, depth, Some(1))
     }
 
-    /// Whether `layer` is a full-attention layer that `--attention sparse` applies to (not one
-    /// of the first `dense_layers` full layers).
+    /// Whether `layer` is a full-attention layer that `--attention sparse` applies to: in
+    /// `--sparse-layers` and not one of the first `dense_layers` full layers.
     fn sparse_layer(&self, layer: usize) -> bool {
         let Some(sp) = self.cfg.sparse else {
             return false;
         };
         layer < self.layers.len()
+            && sp.layers.contains(layer)
             && self.layers[layer].window.is_none()
             && self.layers[..layer]
                 .iter()
