@@ -1298,8 +1298,9 @@ fn units_are_deterministic_across_budgets_and_backends_and_compute_fewer_pairs()
 #[test]
 fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
     let (n, bt, d, n_kv, n_head) = (1000usize, 32usize, 16usize, 2usize, 4usize);
-    let geo = KvGeometry::dense(1, n_kv, d, n + 8);
-    let run = |sparse: Option<SparseConfig>| {
+    // Two full layers holding the same keys and values: `auto` treats layer 0 differently.
+    let geo = KvGeometry::dense(2, n_kv, d, n + 8);
+    let run_at = |sparse: Option<SparseConfig>, layer: usize| {
         let mut c = TieredConfig::new(1 << 30, common::kv_dir());
         c.dtype = KvDtype::F32;
         c.block_tokens = bt;
@@ -1320,6 +1321,7 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
                 v = (0..row).map(|_| q4(1.0)).collect();
             }
             kv.append(0, &k, &v).unwrap();
+            kv.append(1, &k, &v).unwrap();
         }
         let q: Vec<f32> = (0..n_head * d).map(|_| q4(1.0)).collect();
         let mut out = vec![0.0f32; q.len()];
@@ -1332,10 +1334,11 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
             sinks: None,
             window: None,
         };
-        kv.attend(0, &qy, &mut out).unwrap();
+        kv.attend(layer, &qy, &mut out).unwrap();
         let st = layer_total(&KvCache::stats(&kv).unwrap());
         (out, st)
     };
+    let run = |sparse: Option<SparseConfig>| run_at(sparse, 1);
     let dense = run(None).0;
     for scope in [BudgetScope::Union, BudgetScope::UnionOwn, BudgetScope::Head] {
         let cfg = SparseConfig {
@@ -1379,7 +1382,8 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
             "{scope:?}: auto at 8-token units"
         );
     }
-    // 2-token units: `auto` summarizes (exact here too), as `mean` does.
+    // 2-token units: `auto` summarizes (exact here too), as `mean` does, in every layer but the
+    // model's first, which it leaves out as `off` does.
     let cfg = SparseConfig {
         mass: 1.0,
         budget_tokens: 192,
@@ -1395,6 +1399,24 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
     }));
     assert!(same_bits(&auto, &mean));
     assert!(max_abs_diff(&dense, &auto) < 2e-5);
+    let (auto0, _) = run_at(Some(cfg), 0);
+    let (mean0, _) = run_at(
+        Some(SparseConfig {
+            rest: SparseRest::Mean,
+            ..cfg
+        }),
+        0,
+    );
+    let (off0, _) = run_at(
+        Some(SparseConfig {
+            rest: SparseRest::Off,
+            ..cfg
+        }),
+        0,
+    );
+    assert!(same_bits(&auto0, &off0), "auto in layer 0");
+    assert!(same_bits(&mean0, &mean), "mean in layer 0");
+    assert!(max_abs_diff(&dense, &off0) > 1e-3);
 }
 
 #[test]

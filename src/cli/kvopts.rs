@@ -100,7 +100,8 @@ pub struct CommonKv {
     /// one key, its mean key weighted by its positions, carrying its mean value: never more than
     /// the unit's true attention mass; no reads, two bf16 rows per unit and KV head of RAM), off
     /// (they are dropped, as Quest) or auto (mean for units of at most 2 positions — up to 4K
-    /// with --sparse-unit auto — where it measured more accurate, else off).
+    /// with --sparse-unit auto — where it measured more accurate, else off; and off in the
+    /// model's layer 0, whose keys carry no context yet).
     #[arg(long, default_value = "auto", value_parser = ["auto", "mean", "off"])]
     pub sparse_rest: String,
     /// Eviction policy of the RAM tier: next-use (scan resistant) or lru (baseline).
