@@ -383,13 +383,13 @@ fn needle_4k_sparse_retrieves_whenever_dense_does() {
 }
 
 #[test]
-#[ignore = "all 10 depths at ~4K tokens take ~10 minutes on 2 shared cores; run with --ignored"]
+#[ignore = "all 10 depths at ~4K tokens take ~3 minutes on 2 cores (187 s, docs/BENCHMARKS.md session 12); run with --ignored"]
 fn needle_4k_all_depths_sparse_retrieves_whenever_dense_does() {
     check(4096, &(0..DEPTHS).collect::<Vec<_>>());
 }
 
 #[test]
-#[ignore = "~8K-token prompts: ~15 minutes on 2 cores (KVSPOOL_NEEDLE_DEPTHS=1,4 runs only those depth indices); passes with the default mix score (with --sparse-score bound sparse misses the 11% depth), see docs/BENCHMARKS.md; run with --ignored"]
+#[ignore = "~8K-token prompts: ~7 minutes on 2 cores (435 s, session 11) (KVSPOOL_NEEDLE_DEPTHS=1,4 runs only those depth indices); passes with the default mix score (with --sparse-score bound sparse misses the 11% depth), see docs/BENCHMARKS.md; run with --ignored"]
 fn needle_8k_all_depths_sparse_retrieves_whenever_dense_does() {
     check(8192, &(0..DEPTHS).collect::<Vec<_>>());
 }
