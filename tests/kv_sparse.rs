@@ -1422,18 +1422,14 @@ fn the_rest_of_piecewise_constant_keys_is_exact_in_every_scope() {
 #[test]
 fn sparse_layers_leave_the_other_full_layers_dense_bit_for_bit() {
     let cfg = SparseConfig {
-        mass: 0.95,
         budget_tokens: 256,
         recent_tokens: 64,
-        group: GroupScore::Max,
-        dense_layers: 0,
-        layers: LayerSet::ALL,
         budget_scope: BudgetScope::Head,
         share: f32::INFINITY,
-        index: SparseIndex::Flat,
         score: SparseScore::Bound,
         unit_tokens: WHOLE,
         rest: SparseRest::Off,
+        ..SparseConfig::default()
     };
     let go = |c: Option<SparseConfig>| {
         run_with(c, 1 << 30, BackendKind::Pread, PrefetchMode::Auto, None, 1)

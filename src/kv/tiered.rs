@@ -368,26 +368,21 @@ impl SparseRest {
         }
     }
 
-    /// Whether units of `unit` positions are summarized (in the layers
-    /// [`SparseRest::on_layer`] allows).
-    pub fn on(self, unit: usize) -> bool {
-        match self {
-            SparseRest::Off => false,
-            SparseRest::Mean => true,
-            SparseRest::Auto => unit <= REST_AUTO_MAX_UNIT,
-        }
-    }
-
     /// Whether units of `unit` positions are summarized in model layer `layer` (a
-    /// full-attention layer). `Auto` leaves out layer 0: its keys are projections of the token
+    /// full-attention layer). `Auto` does for units of at most [`REST_AUTO_MAX_UNIT`]
+    /// positions, outside layer 0: its keys are projections of the token
     /// embeddings alone, with no context mixed in yet, so the two keys of a unit are unrelated
     /// and their mean stands for neither. Measured on SmolLM2 at 2K (exact precision, 25%,
     /// docs/BENCHMARKS.md session 12): with only layer 0 sparse, summarizing it gives GPL-3 a
     /// KL of 0.0021 against 0.0004 without; with every layer sparse, leaving layer 0 out
     /// lowers the KL on all four texts (pooled 0.0045 → 0.0031; at 4K 0.0018 → 0.0015, one
     /// text of four slightly worse).
-    pub fn on_layer(self, unit: usize, layer: usize) -> bool {
-        self.on(unit) && (layer != 0 || self == SparseRest::Mean)
+    pub fn on(self, unit: usize, layer: usize) -> bool {
+        match self {
+            SparseRest::Off => false,
+            SparseRest::Mean => true,
+            SparseRest::Auto => unit <= REST_AUTO_MAX_UNIT && layer != 0,
+        }
     }
 }
 
@@ -1082,7 +1077,7 @@ pub struct TieredKv {
     /// The key bounds have one row per unit of a sealed block.
     unit: usize,
     /// Per layer: sparse passes fold in the units a head does not attend
-    /// ([`SparseConfig::rest`], resolved against `unit` and the layer: [`SparseRest::on_layer`]).
+    /// ([`SparseConfig::rest`], resolved against `unit` and the layer: [`SparseRest::on`]).
     rest_on: Vec<bool>,
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
@@ -1311,7 +1306,7 @@ impl TieredKv {
                 w.is_none()
                     && cfg
                         .sparse
-                        .is_some_and(|sp| sp.rest.on_layer(unit.min(cfg.block_tokens), i))
+                        .is_some_and(|sp| sp.rest.on(unit.min(cfg.block_tokens), i))
             })
             .collect();
         // `--sparse-rest mean`: a full layer's summary rows for the whole context, reserved
