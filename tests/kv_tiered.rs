@@ -10,6 +10,7 @@ use kvspool::kv::disk::{
 };
 use kvspool::kv::format::{decode_head, encode_token, BlockGeometry, KvDtype};
 use kvspool::kv::prefetch::PrefetchMode;
+use kvspool::kv::tiered::{LayerSet, SparseConfig};
 use kvspool::kv::{AttnQuery, KvCache, KvGeometry, PolicyKind, TieredConfig, TieredKv};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +36,13 @@ fn cfg(dtype: KvDtype, bt: usize, ram: usize) -> TieredConfig {
     let mut c = TieredConfig::new(ram, common::kv_dir());
     c.dtype = dtype;
     c.block_tokens = bt;
+    c
+}
+
+/// [`cfg`] with `--attention sparse` (default settings), so full layers keep key bounds.
+fn sparse_cfg(dtype: KvDtype, bt: usize, ram: usize) -> TieredConfig {
+    let mut c = cfg(dtype, bt, ram);
+    c.sparse = Some(SparseConfig::default());
     c
 }
 
@@ -265,7 +273,7 @@ fn truncate_rewinds_exactly() {
     let d = geo.head_dim;
     for dtype in [KvDtype::F32, KvDtype::Fp8] {
         for cut in [0usize, 37, 64, 100] {
-            let mut a = TieredKv::new(geo.clone(), cfg(dtype, 8, 3 * 8192)).unwrap();
+            let mut a = TieredKv::new(geo.clone(), sparse_cfg(dtype, 8, 3 * 8192)).unwrap();
             for l in 0..2 {
                 for t in 0..n {
                     a.append(
@@ -278,7 +286,7 @@ fn truncate_rewinds_exactly() {
             }
             a.truncate(cut);
             assert_eq!(a.len(0), cut);
-            let mut b = TieredKv::new(geo.clone(), cfg(dtype, 8, 1 << 30)).unwrap();
+            let mut b = TieredKv::new(geo.clone(), sparse_cfg(dtype, 8, 1 << 30)).unwrap();
             for l in 0..2 {
                 for t in 0..cut + 30 {
                     let (k, v) = (
@@ -306,9 +314,10 @@ fn truncate_rewinds_exactly() {
                 a.attend(l, &qy, &mut oa).unwrap();
                 b.attend(l, &qy, &mut ob).unwrap();
                 assert_eq!(oa, ob, "{dtype} cut {cut} layer {l}");
-                // Key bounds of the rewritten tail equal those of a fresh fill.
+                // Key bounds of the rewritten tail (full layer 1) equal those of a fresh fill.
                 let idx = (cut + 29) / 8;
                 assert_eq!(a.key_bounds(l, idx), b.key_bounds(l, idx));
+                assert_eq!(a.key_bounds(l, idx).is_some(), l == 1);
             }
         }
     }
@@ -319,7 +328,7 @@ fn key_bounds_bound_the_scores_of_every_block() {
     let geo = KvGeometry::dense(1, 2, 16, 200);
     let dat = data(&geo, 150, 4);
     let row = geo.row_len();
-    let mut kv = TieredKv::new(geo.clone(), cfg(KvDtype::Fp8, 16, 1 << 30)).unwrap();
+    let mut kv = TieredKv::new(geo.clone(), sparse_cfg(KvDtype::Fp8, 16, 1 << 30)).unwrap();
     for t in 0..150 {
         kv.append(
             0,
@@ -544,4 +553,70 @@ fn tier_files_of_dead_processes_are_swept() {
     assert!(own.exists());
     drop(kv);
     assert!(!own.exists(), "a cache removes its own file when dropped");
+}
+
+/// Key bounds (and summary rows) are kept only for the layers sparse attention applies to:
+/// dense attention, layers outside `--sparse-layers` and the first `dense_layers` full layers
+/// keep none, and attention over them is unchanged.
+#[test]
+fn only_sparse_layers_keep_key_bounds() {
+    let mut geo = KvGeometry::dense(4, 2, 16, 300);
+    geo.windows[0] = Some(20);
+    let n = 150;
+    let dat = data(&geo, n, 5);
+    let row = geo.row_len();
+    let fill = |c: TieredConfig| {
+        let mut kv = TieredKv::new(geo.clone(), c).unwrap();
+        for l in 0..geo.n_layer {
+            for t in 0..n {
+                kv.append(
+                    l,
+                    &dat.k[l][t * row..(t + 1) * row],
+                    &dat.v[l][t * row..(t + 1) * row],
+                )
+                .unwrap();
+            }
+        }
+        kv
+    };
+    let kept = |kv: &TieredKv| -> Vec<bool> {
+        (0..geo.n_layer)
+            .map(|l| (0..n.div_ceil(16)).all(|b| kv.key_bounds(l, b).is_some()))
+            .collect()
+    };
+    let mut dense = fill(cfg(KvDtype::Fp8, 16, 1 << 30));
+    assert_eq!(kept(&dense), [false; 4]);
+    let mut all = fill(sparse_cfg(KvDtype::Fp8, 16, 1 << 30));
+    assert_eq!(kept(&all), [false, true, true, true]);
+    let mut c = sparse_cfg(KvDtype::Fp8, 16, 1 << 30);
+    c.sparse = Some(SparseConfig {
+        layers: LayerSet::of([2, 3]).unwrap(),
+        dense_layers: 2,
+        ..SparseConfig::default()
+    });
+    let mut some = fill(c);
+    assert_eq!(kept(&some), [false, false, false, true]);
+    let bytes = |kv: &TieredKv| kv.stats().unwrap().bounds_bytes;
+    assert!(bytes(&dense) < bytes(&some) && bytes(&some) < bytes(&all));
+    // Dense passes (a prefill batch) over the same data agree whatever bounds are kept.
+    let q = Rng(3).vec(2 * 4 * 16, 1.0);
+    for l in 0..geo.n_layer {
+        let qy = AttnQuery {
+            q: &q,
+            n_tokens: 2,
+            pos0: n - 2,
+            n_head: 4,
+            scale: 0.25,
+            sinks: None,
+            window: geo.windows[l],
+        };
+        let mut outs = Vec::new();
+        for kv in [&mut dense, &mut all, &mut some] {
+            let mut o = vec![0.0; q.len()];
+            kv.attend(l, &qy, &mut o).unwrap();
+            outs.push(o);
+        }
+        assert_eq!(outs[0], outs[1], "layer {l}");
+        assert_eq!(outs[0], outs[2], "layer {l}");
+    }
 }

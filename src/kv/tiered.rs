@@ -4,7 +4,8 @@
 //!
 //! - **append**: a position's K/V rows are encoded ([`encode_token`]) into the layer's *tail*
 //!   buffer, a slot-sized aligned buffer outside the RAM budget (one per layer: "pinned
-//!   frames"), and the layer's key bounds are widened. When the tail is full the block is
+//!   frames"), and, in a layer sparse attention applies to, the tail's key bounds are widened
+//!   (other layers keep no bounds). When the tail is full the block is
 //!   *sealed*: a full-attention layer moves the buffer into an arena frame without a copy
 //!   ([`FrameArena::swap`]), marks it `WriteInFlight` and hands a shared handle to the I/O thread
 //!   (write-behind); the frame becomes evictable only when the write completed. A
@@ -37,8 +38,8 @@
 //!   bit-identical for every `--kv-ram`, `--kv-backend` and `--prefetch` (tested);
 //! - **bounded RAM:** cached blocks live only in arena frames; `--kv-ram` pays for the frames and
 //!   for an allowance for the block and frame indexes ([`KvStats::index_bytes`]); tails, rings
-//!   and staging buffers are the fixed extra ([`KvStats::pinned_bytes`]); key bounds are
-//!   [`KvStats::bounds_bytes`];
+//!   and staging buffers are the fixed extra ([`KvStats::pinned_bytes`]); key bounds (kept only
+//!   for sparse layers) are [`KvStats::bounds_bytes`];
 //! - **nothing unverified:** a block read from disk is used only after its checksum verified; a
 //!   failed read or write poisons the cache: every later call returns the error;
 //! - a frame is evicted only when unpinned, clean (its write completed) and not lent to a read.
@@ -1076,8 +1077,13 @@ pub struct TieredKv {
     /// without sparse attention): a divisor of the block size, at least 1 (checked in `new`).
     /// The key bounds have one row per unit of a sealed block.
     unit: usize,
+    /// Per layer: `--attention sparse` applies to it (a full-attention layer in
+    /// [`SparseConfig::layers`] past the first [`SparseConfig::dense_layers`]). Only these
+    /// layers keep key bounds (and summary rows): nothing else reads them.
+    sparse_on: Vec<bool>,
     /// Per layer: sparse passes fold in the units a head does not attend
     /// ([`SparseConfig::rest`], resolved against `unit` and the layer: [`SparseRest::on`]).
+    /// Implies `sparse_on`.
     rest_on: Vec<bool>,
     /// Per layer: its last pass found a block not resident (speculation is skipped for layers
     /// whose selections stay resident: scoring twice would only cost time).
@@ -1298,12 +1304,25 @@ impl TieredKv {
             let _ = std::fs::remove_file(&path);
             KvError::Failed(format!("could not start the KV I/O thread: {e}"))
         })?;
-        let rest_on: Vec<bool> = geo
-            .windows
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                w.is_none()
+        let sparse_on: Vec<bool> = match cfg.sparse {
+            None => vec![false; geo.n_layer],
+            Some(sp) => {
+                let mut full_before = 0;
+                geo.windows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        let full = w.is_none();
+                        let on = full && sp.layers.contains(i) && full_before >= sp.dense_layers;
+                        full_before += usize::from(full);
+                        on
+                    })
+                    .collect()
+            }
+        };
+        let rest_on: Vec<bool> = (0..geo.n_layer)
+            .map(|i| {
+                sparse_on[i]
                     && cfg
                         .sparse
                         .is_some_and(|sp| sp.rest.on(unit.min(cfg.block_tokens), i))
@@ -1396,6 +1415,7 @@ impl TieredKv {
             spec_ns: vec![0; n_layer],
             oracle: std::env::var("KVSPOOL_SPARSE_ORACLE").is_ok_and(|v| v == "1"),
             unit,
+            sparse_on,
             rest_on,
             trace,
             started: Instant::now(),
@@ -1469,9 +1489,12 @@ impl TieredKv {
         (read, masks)
     }
 
-    /// Key bounds of block `index` of `layer` (sealed, or the tail), if it exists: the box of
-    /// its units' boxes.
+    /// Key bounds of block `index` of `layer` (sealed, or the tail), if it exists and the
+    /// layer keeps bounds (a layer sparse attention applies to): the box of its units' boxes.
     pub fn key_bounds(&self, layer: usize, index: usize) -> Option<KeyBounds> {
+        if !self.sparse_layer(layer) {
+            return None;
+        }
         let l = self.layers.get(layer)?;
         let d = self.geo.head_dim;
         if index < l.sealed.len() {
@@ -1699,9 +1722,12 @@ impl TieredKv {
             }
         };
         let (bgeo, dtype, unit) = (self.bgeo, self.cfg.dtype, self.unit);
+        let bounds = self.sparse_on[layer];
         let l = &mut self.layers[layer];
         let d = self.geo.head_dim;
-        if unit >= bt {
+        if !bounds {
+            // Not a sparse layer: nothing reads its bounds.
+        } else if unit >= bt {
             push_bound_rows(&mut l.bound_rows, &mut l.width_max, &l.tail_bounds);
         } else {
             // One row per unit, from the block's stored keys.
@@ -2164,17 +2190,7 @@ impl TieredKv {
     /// Whether `layer` is a full-attention layer that `--attention sparse` applies to: in
     /// `--sparse-layers` and not one of the first `dense_layers` full layers.
     fn sparse_layer(&self, layer: usize) -> bool {
-        let Some(sp) = self.cfg.sparse else {
-            return false;
-        };
-        layer < self.layers.len()
-            && sp.layers.contains(layer)
-            && self.layers[layer].window.is_none()
-            && self.layers[..layer]
-                .iter()
-                .filter(|l| l.window.is_none())
-                .count()
-                >= sp.dense_layers
+        self.sparse_on.get(layer).copied().unwrap_or(false)
     }
 
     /// The upper-bound scores of `layer`'s selection units for one query token (`upb` per
@@ -2820,6 +2836,7 @@ impl TieredKv {
             l.tail_bounds.reset();
             let mut key = [0.0f32; MAX_HEAD_DIM];
             let d = self.geo.head_dim;
+            let rem = if self.sparse_on[layer] { rem } else { 0 };
             for t in 0..rem {
                 for h in 0..self.geo.n_head_kv {
                     decode_k_row(&self.bgeo, self.cfg.dtype, &l.tail, h, t, &mut key[..d]);
@@ -3147,6 +3164,7 @@ impl KvCache for TieredKv {
         }
         self.poll()?;
         let bt = self.bgeo.block_tokens;
+        let bounds = self.sparse_on[layer];
         let l = &mut self.layers[layer];
         let t = l.len % bt;
         let Some(tail) = Arc::get_mut(&mut l.tail) else {
@@ -3159,7 +3177,7 @@ impl KvCache for TieredKv {
             t,
             k,
             v,
-            Some(&mut l.tail_bounds),
+            bounds.then_some(&mut l.tail_bounds),
         )?;
         l.len += 1;
         if l.len.is_multiple_of(bt) {
