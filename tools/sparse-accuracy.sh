@@ -44,7 +44,9 @@
 #   LABEL         default                  names the variant in the tables
 #   NOISE         1                        0: skip the dense-step and dense-reorder runs; or a
 #                                          list of them, and/or dense-fp8 (dense attention on an
-#                                          fp8 KV cache: what the KV format alone costs)
+#                                          fp8 KV cache: what the KV format alone costs) and
+#                                          dense-f32 (on an f32 KV cache: what the f16 reference's
+#                                          own rounding moves)
 #   OUT           $KVSPOOL_CACHE/tmp/sparse-accuracy   output dir (results.csv, results.md)
 #   KVSPOOL_BIN   (built with cargo build --release)   the kvspool binary to measure
 #   PYTHON        $KVSPOOL_CACHE/venv-tools/bin/python if it has numpy, else python3
@@ -203,12 +205,12 @@ for text in $TEXTS; do
         run_bt=$((BLOCK_TOKENS / 2))
         (( run_bt >= 1 )) || run_bt=2
         flags=(--attention sparse --sparse-budget "$ctx")
-      elif [[ "$b" == dense-fp8 ]]; then
+      elif [[ "$b" == dense-fp8 || "$b" == dense-f32 ]]; then
         bt=$ctx
-        run_dtype=fp8
+        run_dtype=${b#dense-}
         flags=(--attention sparse --sparse-budget "$ctx")
       elif [[ "$b" == dense-* ]]; then
-        echo "error: unknown NOISE run $b (dense-step, dense-reorder, dense-fp8)" >&2
+        echo "error: unknown NOISE run $b (dense-step, dense-reorder, dense-fp8, dense-f32)" >&2
         exit 1
       else
         bt=$(budget_tokens "$b" "$ctx")
