@@ -46,6 +46,21 @@ fn sparse_cfg(dtype: KvDtype, bt: usize, ram: usize) -> TieredConfig {
     c
 }
 
+/// Append positions `0..n` of `dat` to every layer of `kv`.
+fn append_all(kv: &mut TieredKv, geo: &KvGeometry, dat: &Data, n: usize) {
+    let row = geo.row_len();
+    for l in 0..geo.n_layer {
+        for t in 0..n {
+            kv.append(
+                l,
+                &dat.k[l][t * row..(t + 1) * row],
+                &dat.v[l][t * row..(t + 1) * row],
+            )
+            .unwrap();
+        }
+    }
+}
+
 /// K/V rows of every layer and position, and what the store holds after quantization.
 struct Data {
     k: Vec<Vec<f32>>,
@@ -274,16 +289,7 @@ fn truncate_rewinds_exactly() {
     for dtype in [KvDtype::F32, KvDtype::Fp8] {
         for cut in [0usize, 37, 64, 100] {
             let mut a = TieredKv::new(geo.clone(), sparse_cfg(dtype, 8, 3 * 8192)).unwrap();
-            for l in 0..2 {
-                for t in 0..n {
-                    a.append(
-                        l,
-                        &dat.k[l][t * row..(t + 1) * row],
-                        &dat.v[l][t * row..(t + 1) * row],
-                    )
-                    .unwrap();
-                }
-            }
+            append_all(&mut a, &geo, &dat, n);
             a.truncate(cut);
             assert_eq!(a.len(0), cut);
             let mut b = TieredKv::new(geo.clone(), sparse_cfg(dtype, 8, 1 << 30)).unwrap();
@@ -564,19 +570,9 @@ fn only_sparse_layers_keep_key_bounds() {
     geo.windows[0] = Some(20);
     let n = 150;
     let dat = data(&geo, n, 5);
-    let row = geo.row_len();
     let fill = |c: TieredConfig| {
         let mut kv = TieredKv::new(geo.clone(), c).unwrap();
-        for l in 0..geo.n_layer {
-            for t in 0..n {
-                kv.append(
-                    l,
-                    &dat.k[l][t * row..(t + 1) * row],
-                    &dat.v[l][t * row..(t + 1) * row],
-                )
-                .unwrap();
-            }
-        }
+        append_all(&mut kv, &geo, &dat, n);
         kv
     };
     let kept = |kv: &TieredKv| -> Vec<bool> {

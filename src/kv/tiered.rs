@@ -1304,8 +1304,9 @@ impl TieredKv {
             let _ = std::fs::remove_file(&path);
             KvError::Failed(format!("could not start the KV I/O thread: {e}"))
         })?;
-        let sparse_on: Vec<bool> = match cfg.sparse {
-            None => vec![false; geo.n_layer],
+        // Per layer: sparse attention applies to it, and it folds in the rest.
+        let (sparse_on, rest_on): (Vec<bool>, Vec<bool>) = match cfg.sparse {
+            None => (vec![false; geo.n_layer], vec![false; geo.n_layer]),
             Some(sp) => {
                 let mut full_before = 0;
                 geo.windows
@@ -1315,19 +1316,11 @@ impl TieredKv {
                         let full = w.is_none();
                         let on = full && sp.layers.contains(i) && full_before >= sp.dense_layers;
                         full_before += usize::from(full);
-                        on
+                        (on, on && sp.rest.on(unit.min(cfg.block_tokens), i))
                     })
-                    .collect()
+                    .unzip()
             }
         };
-        let rest_on: Vec<bool> = (0..geo.n_layer)
-            .map(|i| {
-                sparse_on[i]
-                    && cfg
-                        .sparse
-                        .is_some_and(|sp| sp.rest.on(unit.min(cfg.block_tokens), i))
-            })
-            .collect();
         // `--sparse-rest mean`: a full layer's summary rows for the whole context, reserved
         // once (no growth by doubling; pages become resident as rows are written).
         let rest_rows = |i: usize| {
@@ -1725,11 +1718,9 @@ impl TieredKv {
         let bounds = self.sparse_on[layer];
         let l = &mut self.layers[layer];
         let d = self.geo.head_dim;
-        if !bounds {
-            // Not a sparse layer: nothing reads its bounds.
-        } else if unit >= bt {
+        if bounds && unit >= bt {
             push_bound_rows(&mut l.bound_rows, &mut l.width_max, &l.tail_bounds);
-        } else {
+        } else if bounds {
             // One row per unit, from the block's stored keys.
             let mut ub = KeyBounds::new(bgeo.n_head_kv, d);
             for j in 0..bt / unit {
@@ -2832,12 +2823,13 @@ impl TieredKv {
                     l.tail = Arc::new(AlignedBuf::zeroed(self.slot_bytes));
                 }
             }
-            // Recompute the tail's key bounds over its first `rem` positions.
+            // Recompute the tail's key bounds over its first `rem` positions (sparse layers
+            // only: no other layer keeps bounds).
             l.tail_bounds.reset();
             let mut key = [0.0f32; MAX_HEAD_DIM];
             let d = self.geo.head_dim;
-            let rem = if self.sparse_on[layer] { rem } else { 0 };
-            for t in 0..rem {
+            let bounded = if self.sparse_on[layer] { rem } else { 0 };
+            for t in 0..bounded {
                 for h in 0..self.geo.n_head_kv {
                     decode_k_row(&self.bgeo, self.cfg.dtype, &l.tail, h, t, &mut key[..d]);
                     l.tail_bounds.update(h, &key[..d]);
